@@ -58,11 +58,18 @@ def agreement(ours: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.nda
         else:
             bad += 1
     max_score_diff = float(np.abs(v1 - v2).max())
-    return {"same_set": same, "near_tie_only": near_tie, "mismatch": bad, "max_abs_score_diff": max_score_diff}
+    return {
+        "same_set": same,
+        "near_tie_only": near_tie,
+        "mismatch": bad,
+        "max_abs_score_diff": max_score_diff,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gallery", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--dim", type=int, default=512)
@@ -119,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_of_medians": statistics.median(t_faiss) / statistics.median(t_ours),
         "agreement": agree,
         "versions": {"torch": torch.__version__, "faiss": faiss.__version__, "numpy": np.__version__},
-        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
     }
     print(json.dumps({k: v for k, v in result.items() if not k.startswith("seconds_")}, indent=1))
     atomic_write_json(args.out, result)

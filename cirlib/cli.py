@@ -128,6 +128,105 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# eval
+# --------------------------------------------------------------------------------------------
+
+
+def _configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
+    parser.add_argument("--benchmark", choices=("cirr", "circo", "fashioniq"), help="benchmark form")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--method", help="a name from --list-methods")
+    parser.add_argument("--list-methods", action="store_true", help="print the method names and exit")
+    parser.add_argument("--data", type=Path, metavar="DIR", help="paper profile: dataset folder")
+    parser.add_argument("--weights", type=Path, metavar="DIR", help="paper profile: weights folder")
+    parser.add_argument("--n-queries", type=int, help="tiny profile: evaluate the first N queries only")
+
+
+@command(
+    "eval", help="evaluate a method on a benchmark split; prints one JSON object", configure=_configure_eval
+)
+def _run_eval(args: argparse.Namespace) -> int:
+    from cirlib.methods import METHOD_INFO, build_method, list_methods
+
+    if args.list_methods:
+        for name in list_methods(args.profile):
+            profiles, zero_shot, description = METHOD_INFO[name]
+            label = "" if zero_shot else " [SUPERVISED]"
+            sys.stdout.write(f"{name}\t{description}{label}\n")
+        return 0
+    if args.benchmark is None or args.method is None:
+        raise CLIError("--benchmark and --method are required (or use --list-methods)")
+    if args.method not in list_methods(args.profile):
+        raise CLIError(
+            f"unknown method {args.method!r} for profile {args.profile}; known: {', '.join(list_methods(args.profile))}"
+        )
+    for flag in ("data", "weights"):
+        path = getattr(args, flag)
+        if path is not None and not path.exists():
+            raise CLIError(f"{path}: --{flag} folder not found")
+    if args.profile == "paper":
+        raise CLIError(
+            "the paper profile's real-benchmark evaluation (image loading for CIRR/CIRCO/FashionIQ) is not "
+            "built yet; score your own predictions with `cirlib score` meanwhile"
+        )
+    from cirlib.evaluation import evaluate
+    from cirlib.world import load_world_benchmark
+
+    benchmark = load_world_benchmark(args.benchmark, args.split)
+    if args.n_queries:
+        benchmark = benchmark.subsample(args.n_queries)
+    method = build_method(args.method, args.profile)
+    result = evaluate(method, benchmark)
+    log.info("%s on world %s/%s: %d queries", args.method, args.benchmark, args.split, result.n_queries)
+    sys.stdout.write(json.dumps(result.summary) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", nargs="*", help="checkpoint names (default: all tiny-profile models)")
+    parser.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="retrain even if a checkpoint exists, and commit the result",
+    )
+
+
+@command(
+    "train", help="train the tiny profile's models (writes data/checkpoints)", configure=_configure_train
+)
+def _run_train(args: argparse.Namespace) -> int:
+    from cirlib.training import train_all
+
+    report = train_all(args.only, from_scratch=args.from_scratch)
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# reproduce
+# --------------------------------------------------------------------------------------------
+
+
+def _configure_reproduce(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01")
+    parser.add_argument("--smoke", action="store_true", help="small parameters, outputs to a scratch folder")
+
+
+@command("reproduce", help="run every notebook with papermill (the main job)", configure=_configure_reproduce)
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from cirlib import reproduce
+
+    argv = (["--only", *args.only] if args.only else []) + (["--smoke"] if args.smoke else [])
+    return reproduce.main(argv)
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 

@@ -120,3 +120,64 @@ def evaluate(method: Method, benchmark: Benchmark, queries: Sequence[Query] | No
 
 #: The headline metric of each form (the issue's validity criterion uses R@1 and mAP@5).
 HEADLINE = {"cirr": "recall@1", "circo": "map@5", "fashioniq": "average/recall@10"}
+
+
+def evaluate_methods(methods: dict[str, Method], benchmark: Benchmark) -> dict[str, Evaluation]:
+    """Evaluate several methods on the same queries (for paired comparisons)."""
+    return {name: evaluate(method, benchmark) for name, method in methods.items()}
+
+
+def result_rows(
+    notebook: str,
+    evaluations: dict[str, Evaluation],
+    metric_names: Sequence[str],
+    config_hash: str,
+    seed: int = 0,
+):
+    """Project-schema rows (value and bootstrap 95% CI over queries) for each method and metric."""
+    from cirlib.experiments import row_from_per_query
+
+    rows = []
+    for name, ev in evaluations.items():
+        for metric in metric_names:
+            if metric not in ev.per_query:
+                continue
+            rows.append(
+                row_from_per_query(
+                    notebook=notebook,
+                    benchmark=ev.benchmark,
+                    split=ev.split,
+                    method=name,
+                    metric=metric,
+                    per_query={seed: ev.per_query[metric].astype(float)},
+                    config_hash=config_hash,
+                )
+            )
+    return rows
+
+
+def paired_differences(evaluations: dict[str, Evaluation], better: str, others: Sequence[str], metric: str):
+    """Paired bootstrap of ``better`` minus each of ``others`` on the same queries (percent points)."""
+    import pandas as pd
+
+    from cirlib.experiments import paired_bootstrap
+
+    rows = []
+    a = evaluations[better]
+    for other in others:
+        b = evaluations[other]
+        if a.qids != b.qids:
+            raise ValueError(f"{better} and {other} were evaluated on different queries")
+        d = paired_bootstrap(a.per_query[metric].astype(float) * 100, b.per_query[metric].astype(float) * 100)
+        rows.append(
+            {
+                "comparison": f"{better} - {other}",
+                "metric": metric,
+                "diff": d.diff,
+                "ci_low": d.low,
+                "ci_high": d.high,
+                "p": d.p_value,
+                "excludes_zero": d.low > 0 or d.high < 0,
+            }
+        )
+    return pd.DataFrame(rows).set_index("comparison")

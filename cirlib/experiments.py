@@ -230,7 +230,11 @@ class ResultRow:
         if self.n_queries is None:
             if ours:
                 raise ValueError(f"{where}: n_queries is required for label='ours'")
-        elif not isinstance(self.n_queries, (int, np.integer)) or isinstance(self.n_queries, bool) or self.n_queries < 1:
+        elif (
+            not isinstance(self.n_queries, (int, np.integer))
+            or isinstance(self.n_queries, bool)
+            or self.n_queries < 1
+        ):
             raise ValueError(f"{where}: n_queries must be a positive int, got {self.n_queries!r}")
         else:
             object.__setattr__(self, "n_queries", int(self.n_queries))
@@ -255,7 +259,9 @@ def _percent(value: Any, name: str, where: str) -> float:
         raise ValueError(f"{where}: {name} must be a number, got {value!r}")
     v = float(value)
     if not math.isfinite(v) or not 0.0 <= v <= 100.0:
-        raise ValueError(f"{where}: {name}={v} is not a percentage in [0, 100] (metric values are in percent)")
+        raise ValueError(
+            f"{where}: {name}={v} is not a percentage in [0, 100] (metric values are in percent)"
+        )
     return v
 
 
@@ -355,7 +361,9 @@ def read_results(notebook: str, *, root: Path | None = None) -> list[ResultRow]:
             raise ResultsFileError(f"{path}: rows[{i}] must be an object")
         unknown, missing = set(record) - names, required - set(record)
         if unknown or missing:
-            raise ResultsFileError(f"{path}: rows[{i}] has unknown fields {sorted(unknown)}, missing {sorted(missing)}")
+            raise ResultsFileError(
+                f"{path}: rows[{i}] has unknown fields {sorted(unknown)}, missing {sorted(missing)}"
+            )
         try:
             rows.append(ResultRow(**record))
         except ValueError as error:

@@ -19,6 +19,8 @@ row is re-selected exactly from the block's scores: every entry above the k-th v
 lowest-index entries equal to it. That path is vectorised and only runs for tied rows, which real
 float embeddings almost never produce (duplicated gallery images do).
 
+Work runs on torch's intra-op threads: set ``torch.set_num_threads`` to choose how many.
+
 **Cache.** :class:`EmbeddingCache` stores arrays under a hash of a key dict that must name the
 model (its content hash) and the content (:func:`content_digest`), so that a changed model or
 changed pixels can never hit a stale entry. Each ``.npy`` has a JSON sidecar with shape, dtype,
@@ -60,6 +62,9 @@ SCORE_BUDGET = 1 << 25
 #: Longest gallery block scored in one matmul; larger galleries are split into blocks this long.
 MAX_GALLERY_BLOCK = 1 << 17
 
+#: Scores re-selected at once on the (rare) tie path.
+_TIE_GROUP_ELEMENTS = 1 << 22
+
 ArrayLike2D = np.ndarray | torch.Tensor
 
 
@@ -79,7 +84,9 @@ def _as_tensor(x: ArrayLike2D, name: str, device: torch.device | None = None) ->
     return t.to(torch.float32)
 
 
-def _order_by_score_then_index(vals: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _order_by_score_then_index(
+    vals: torch.Tensor, idx: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the ``k`` best candidates of each row, ordered by score desc, then gallery index asc.
 
     Two stable sorts make a lexicographic sort: first by index, then (stably) by score."""
@@ -100,8 +107,11 @@ def _block_topk(scores: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor
         raise ValueError("non-finite similarity scores (NaN or inf in queries or gallery)")
     tied = vals[:, k - 1] == vals[:, k]
     vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
+    tied_rows = tied.nonzero().squeeze(1)
+    # a few rows at a time: the cumsum below holds int64 per score
+    group = max(1, _TIE_GROUP_ELEMENTS // width)
+    for start in range(0, tied_rows.numel(), group):
+        rows = tied_rows[start : start + group]
         block = scores[rows]
         kth = vals[rows, k - 1 : k]
         above, equal = block > kth, block == kth
@@ -219,7 +229,7 @@ class ExactIndex:
 def _import_faiss() -> Any:
     try:
         import faiss
-    except ImportError as error:  # pragma: no cover - depends on the environment
+    except ImportError as error:
         raise ImportError(
             "backend='faiss' needs the faiss-cpu package (pinned in pyproject.toml); install it with "
             "`.venv/bin/pip install faiss-cpu` or use backend='exact', which gives the same results"
@@ -248,7 +258,9 @@ class FaissIndex:
         if not isinstance(k, (int, np.integer)) or k < 1 or k > self.ntotal:
             raise ValueError(f"k must be an integer in [1, {self.ntotal}], got {k!r}")
         vals, idx = self.index.search(q, int(k))
-        v, i = _order_by_score_then_index(torch.from_numpy(vals), torch.from_numpy(idx.astype(np.int64)), int(k))
+        v, i = _order_by_score_then_index(
+            torch.from_numpy(vals), torch.from_numpy(idx.astype(np.int64)), int(k)
+        )
         return v.numpy(), i.numpy()
 
     def __len__(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,7 @@ SHAPES = ["cube", "ball", "cone", "ring"]
 
 
 def micro_cfg(**kw) -> CLIPTrainConfig:
-    base = dict(
-        arch=MICRO, steps=6, batch_size=16, lr=2e-3, warmup_steps=1, checkpoint_every=3, num_threads=1
-    )
+    base = dict(arch=MICRO, steps=6, batch_size=16, lr=2e-3, warmup_steps=1, checkpoint_every=3)
     base.update(kw)
     return CLIPTrainConfig(**base)
 
@@ -48,10 +47,15 @@ def micro_cfg(**kw) -> CLIPTrainConfig:
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Micro models run fastest on one thread (and do not stall when other jobs share the cores)."""
-    prev = torch.get_num_threads()
+    prev, prev_env = torch.get_num_threads(), os.environ.get("CIRLIB_THREADS")
     torch.set_num_threads(1)
+    os.environ["CIRLIB_THREADS"] = "1"
     yield
     torch.set_num_threads(prev)
+    if prev_env is None:
+        del os.environ["CIRLIB_THREADS"]
+    else:
+        os.environ["CIRLIB_THREADS"] = prev_env
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def data() -> tuple[np.ndarray, list[str]]:
 @pytest.fixture(scope="module")
 def clip(data) -> CLIPModel:
     images, captions = data
-    return train_clip(images, captions, micro_cfg(steps=4), seed=0, progress=False)
+    return train_clip(images, captions, micro_cfg(steps=4), seed=0, progress=False, num_threads=1)
 
 
 def state(clip: CLIPModel) -> dict[str, torch.Tensor]:
@@ -106,6 +110,11 @@ def test_shapes_and_normalisation(clip: CLIPModel, data) -> None:
     assert torch.allclose(img, clip.encode_images(images, batch_size=256), atol=1e-6)
     assert clip.encode_images(np.zeros((2, 48, 40, 3), np.uint8)).shape == (2, clip.embed_dim)
     assert clip.token_dim == 32 and clip.embed_dim == 32 and clip.image_size == 32
+
+
+def test_long_texts_warn(clip: CLIPModel) -> None:
+    with pytest.warns(UserWarning, match="1 of 2 texts fill the context length 16"):
+        clip.encode_texts(["a red cube", " ".join(["red"] * 40)])
 
 
 def test_encode_images_rejects_wrong_input(clip: CLIPModel) -> None:
@@ -148,7 +157,7 @@ def test_placeholder_errors(clip: CLIPModel) -> None:
         clip.encode_texts_with_pseudo(["a $ and a $"], pseudo)
     with pytest.raises(PlaceholderError, match="2 times"):
         clip.encode_texts_with_pseudo(["$$"], pseudo)
-    with pytest.raises(PlaceholderError, match="truncat"):
+    with pytest.raises(PlaceholderError, match="truncat"), pytest.warns(UserWarning, match="truncated"):
         clip.encode_texts_with_pseudo([" ".join(["word"] * 30) + " $"], pseudo)
     with pytest.raises(ValueError, match="shape"):
         clip.encode_texts_with_pseudo(["a photo of $"], torch.zeros(2, clip.token_dim))
@@ -171,7 +180,9 @@ def test_hash_depends_on_weights(clip: CLIPModel) -> None:
 # ----------------------------------------------------------------------------- training
 def test_training_reduces_loss(data) -> None:
     images, captions = data
-    clip = train_clip(images[:16], captions[:16], micro_cfg(steps=15, batch_size=16), seed=0, progress=False)
+    clip = train_clip(
+        images[:16], captions[:16], micro_cfg(steps=15, batch_size=16), seed=0, progress=False, num_threads=1
+    )
     losses = clip.training_losses
     assert len(losses) == 15
     assert np.mean(losses[-3:]) < losses[0] - 0.3
@@ -179,9 +190,9 @@ def test_training_reduces_loss(data) -> None:
 
 def test_training_is_deterministic(data) -> None:
     images, captions = data
-    a = train_clip(images, captions, micro_cfg(steps=3), seed=1, progress=False)
-    b = train_clip(images, captions, micro_cfg(steps=3), seed=1, progress=False)
-    c = train_clip(images, captions, micro_cfg(steps=3), seed=2, progress=False)
+    a = train_clip(images, captions, micro_cfg(steps=3), seed=1, progress=False, num_threads=1)
+    b = train_clip(images, captions, micro_cfg(steps=3), seed=1, progress=False, num_threads=1)
+    c = train_clip(images, captions, micro_cfg(steps=3), seed=2, progress=False, num_threads=1)
     assert_same_weights(a, b)
     assert a.hash == b.hash != c.hash
 
@@ -189,14 +200,16 @@ def test_training_is_deterministic(data) -> None:
 def test_resume_equals_uninterrupted(data, tmp_path: Path) -> None:
     images, captions = data
     cfg = micro_cfg(steps=6, augment_max_shift=2, augment_hflip=True)
-    full = train_clip(images, captions, cfg, seed=3, progress=False)
-    part = train_clip(images, captions, cfg, seed=3, resume_dir=tmp_path, stop_after=3, progress=False)
+    full = train_clip(images, captions, cfg, seed=3, progress=False, num_threads=1)
+    part = train_clip(
+        images, captions, cfg, seed=3, resume_dir=tmp_path, stop_after=3, progress=False, num_threads=1
+    )
     assert (tmp_path / "train_state.pt").exists() and len(part.training_losses) == 3
-    resumed = train_clip(images, captions, cfg, seed=3, resume_dir=tmp_path, progress=False)
+    resumed = train_clip(images, captions, cfg, seed=3, resume_dir=tmp_path, progress=False, num_threads=1)
     assert_same_weights(full, resumed)
     assert resumed.training_losses == pytest.approx(full.training_losses, abs=0)
     with pytest.raises(RuntimeError, match="another run"):
-        train_clip(images, captions, cfg, seed=4, resume_dir=tmp_path, progress=False)
+        train_clip(images, captions, cfg, seed=4, resume_dir=tmp_path, progress=False, num_threads=1)
 
 
 def test_sampler_is_a_function_of_step() -> None:
@@ -213,7 +226,7 @@ def test_phi_training_shapes(clip: CLIPModel, data) -> None:
     phi = train_phi(
         clip,
         images,
-        PhiTrainConfig(steps=5, batch_size=16, hidden_dim=64, num_threads=1),
+        PhiTrainConfig(steps=5, batch_size=16, hidden_dim=64),
         seed=0,
         progress=False,
     )
@@ -226,7 +239,7 @@ def test_phi_training_shapes(clip: CLIPModel, data) -> None:
     again = train_phi(
         clip,
         None,
-        PhiTrainConfig(steps=5, batch_size=16, hidden_dim=64, num_threads=1),
+        PhiTrainConfig(steps=5, batch_size=16, hidden_dim=64),
         seed=0,
         image_features=feats,
         progress=False,
@@ -238,11 +251,11 @@ def test_phi_training_shapes(clip: CLIPModel, data) -> None:
 def test_phi_learns_to_invert(data) -> None:
     """With a frozen CLIP, phi's prompt features move towards their own images over training."""
     images, captions = data
-    clip = train_clip(images, captions, micro_cfg(steps=10), seed=0, progress=False)
+    clip = train_clip(images, captions, micro_cfg(steps=10), seed=0, progress=False, num_threads=1)
     phi = train_phi(
         clip,
         images,
-        PhiTrainConfig(steps=40, batch_size=48, lr=3e-3, hidden_dim=64, warmup_steps=2, num_threads=1),
+        PhiTrainConfig(steps=40, batch_size=48, lr=3e-3, hidden_dim=64, warmup_steps=2),
         seed=0,
         progress=False,
     )
@@ -252,8 +265,8 @@ def test_phi_learns_to_invert(data) -> None:
 def test_oti_and_distillation(clip: CLIPModel, data) -> None:
     images, _ = data
     feats = clip.encode_images(images[:12])
-    cfg = OTIConfig(steps=15, batch_size=8, lr=5e-2, num_threads=1)
-    tokens = optimise_pseudo_tokens(clip, feats, cfg, seed=0, progress=False)
+    cfg = OTIConfig(steps=15, batch_size=8, lr=5e-2)
+    tokens = optimise_pseudo_tokens(clip, feats, cfg, seed=0, progress=False, num_threads=1)
     assert tokens.shape == (12, clip.token_dim)
     sims = (clip.encode_texts_with_pseudo(["a photo of $"] * 12, tokens) * feats).sum(-1)
     init = torch.randn(12, clip.token_dim, generator=torch.Generator().manual_seed(0)) * 0.02
@@ -262,7 +275,7 @@ def test_oti_and_distillation(clip: CLIPModel, data) -> None:
     reg = optimise_pseudo_tokens(
         clip,
         feats,
-        OTIConfig(steps=3, batch_size=8, num_threads=1),
+        OTIConfig(steps=3, batch_size=8),
         seed=0,
         concept_words=COLOURS + SHAPES,
         progress=False,
@@ -272,7 +285,7 @@ def test_oti_and_distillation(clip: CLIPModel, data) -> None:
         clip,
         feats,
         tokens,
-        DistilConfig(steps=4, batch_size=8, num_threads=1),
+        DistilConfig(steps=4, batch_size=8),
         seed=0,
         concept_words=COLOURS,
         progress=False,

@@ -257,3 +257,22 @@ def test_interrupted_write_never_corrupts(cache):
     with pytest.warns(CacheCorruptionWarning):
         out = cache.get_or_compute("images", key, newer)
     np.testing.assert_array_equal(out, newer.value)
+
+
+def test_tie_path_in_small_row_groups(monkeypatch):
+    import cirlib.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "_TIE_GROUP_ELEMENTS", 10)
+    rng = np.random.default_rng(5)
+    g = rng.integers(0, 2, size=(120, 3)).astype(np.float32)
+    q = rng.integers(0, 2, size=(25, 3)).astype(np.float32)
+    _, idx = topk(q, g, 30)
+    np.testing.assert_array_equal(idx, brute_force(q, g, 30)[1])
+
+
+def test_missing_faiss_gives_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
+    with pytest.raises(ImportError, match="faiss-cpu.*backend='exact'"):
+        make_index(np.ones((3, 2), dtype=np.float32), "faiss")

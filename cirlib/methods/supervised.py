@@ -37,6 +37,9 @@ class Combiner(nn.Module):
         self.gate = nn.Sequential(
             nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid()
         )
+        self.arch = {"dim": dim, "hidden": hidden, "dropout": dropout}
+        #: :attr:`CLIPModel.hash` of the CLIP this Combiner was trained on.
+        self.clip_hash: str | None = None
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         h = torch.cat([self.image_proj(image), self.text_proj(text)], dim=-1)
@@ -69,6 +72,7 @@ def train_combiner(
     tgt = clip.encode_images(targets)
     txt = clip.encode_texts(list(texts))
     model = Combiner(clip.embed_dim, config.hidden)
+    model.clip_hash = clip.hash
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     model.train()
     for _ in tqdm(range(config.steps), desc="train combiner (supervised)", disable=not progress):
@@ -96,3 +100,81 @@ class SupervisedCombiner(Method):
         text = _mean_over_variants(queries, lambda texts, _: self.clip.encode_texts(texts))
         with torch.inference_mode():
             return self.combiner(image, text)
+
+
+COMBINER_NAME = "tiny-combiner-supervised"
+
+
+@dataclass(frozen=True)
+class CombinerRecipe:
+    n_triplets: int = 20_000
+    data_seed: int = 3  # world *train* split triplets, disjoint from the val/test streams
+    seed: int = 0
+    train: CombinerTrainConfig = CombinerTrainConfig()
+
+
+COMBINER_RECIPE = CombinerRecipe()
+if __import__("os").environ.get("CIRLIB_RECIPES") == "micro":  # see cirlib.models.tiny
+    COMBINER_RECIPE = CombinerRecipe(n_triplets=256, train=CombinerTrainConfig(steps=5, batch_size=64))
+
+
+def _combiner_config(clip: CLIPModel) -> dict:
+    from dataclasses import asdict
+
+    return {**asdict(COMBINER_RECIPE), "clip_hash": clip.hash}
+
+
+def _train(clip: CLIPModel, progress: bool = True) -> Combiner:
+    from cirlib.world import training_triplets
+
+    data = training_triplets(COMBINER_RECIPE.n_triplets, COMBINER_RECIPE.data_seed)
+    with torch.random.fork_rng():
+        return train_combiner(
+            clip,
+            data.references,
+            data.texts,
+            data.targets,
+            COMBINER_RECIPE.train,
+            COMBINER_RECIPE.seed,
+            progress,
+        )
+
+
+def train_tiny_combiner(clip: CLIPModel, *, commit: bool = False, progress: bool = True) -> Combiner:
+    """Train the supervised Combiner; with ``commit`` store it in ``data/checkpoints``."""
+    from cirlib.models import zoo
+
+    combiner = _train(clip, progress)
+    if commit:
+        combiner.clip_hash = clip.hash
+        zoo.save_checkpoint(
+            COMBINER_NAME,
+            combiner,
+            _combiner_config(clip),
+            COMBINER_RECIPE.seed,
+            f"cirlib train --only {COMBINER_NAME} --from-scratch",
+        )
+    return combiner
+
+
+def load_tiny_combiner(clip: CLIPModel) -> Combiner:
+    """The committed supervised Combiner for this CLIP, else trained and cached."""
+    from cirlib.models import zoo
+
+    def train() -> Combiner:
+        combiner = _train(clip)
+        combiner.clip_hash = clip.hash
+        return combiner
+
+    from cirlib.models.tiny import default_root
+
+    model = zoo.load_or_train(
+        COMBINER_NAME,
+        train,
+        config=_combiner_config(clip),
+        seed=COMBINER_RECIPE.seed,
+        command=f"cirlib train --only {COMBINER_NAME} --from-scratch",
+        root=default_root(),
+    )
+    assert isinstance(model, Combiner)
+    return model

@@ -108,7 +108,6 @@ class PhiTrainConfig:
     prompt: str = "a photo of $"
     #: None: CLIP's own (frozen) learned logit scale, as Pic2Word does.
     logit_scale: float | None = None
-    num_threads: int | None = None
 
 
 def _cosine_lr(step: int, steps: int, warmup: int, lr: float) -> float:
@@ -138,6 +137,7 @@ def train_phi(
     seed: int = 0,
     *,
     image_features: torch.Tensor | None = None,
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> Phi:
     """Train a Pic2Word phi on ``images`` (uint8 ``[N,H,W,3]``; or pass precomputed ``image_features``).
@@ -145,7 +145,7 @@ def train_phi(
     Each step: v = frozen image features of a batch, t = text feature of ``config.prompt`` with
     $ = phi(v); loss = symmetric InfoNCE(v, t) at CLIP's temperature. Deterministic given ``seed``."""
     config = config or PhiTrainConfig()
-    with torch_threads(config.num_threads):
+    with torch_threads(num_threads):
         feats = _image_features(clip, images, image_features)
         torch.manual_seed(seed)
         phi = Phi(
@@ -198,7 +198,6 @@ class OTIConfig:
     templates: tuple[str, ...] = ("a photo of {}",)
     #: how many nearest concept words per image the regulariser samples from
     top_k_concepts: int = 5
-    num_threads: int | None = None
 
 
 def nearest_concepts(
@@ -231,6 +230,7 @@ def optimise_pseudo_tokens(
     seed: int = 0,
     *,
     concept_words: Sequence[str] | None = None,
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """SEARLE OTI: one pseudo token per image, ``[N, token_dim]`` (the EMA of the optimised tokens).
@@ -240,7 +240,7 @@ def optimise_pseudo_tokens(
     template with one of the image's nearest concept words. Images are optimised in independent
     batches; deterministic given ``seed``."""
     config = config or OTIConfig()
-    with torch_threads(config.num_threads):
+    with torch_threads(num_threads):
         feats = _image_features(clip, None, image_features)
         use_reg = concept_words is not None and config.lambda_reg > 0
         concepts = nearest_concepts(clip, feats, concept_words, config.top_k_concepts) if use_reg else None
@@ -298,7 +298,6 @@ class DistilConfig:
     lambda_reg: float = 0.1
     templates: tuple[str, ...] = ("a photo of {}",)
     top_k_concepts: int = 5
-    num_threads: int | None = None
 
 
 def train_phi_distilled(
@@ -309,12 +308,13 @@ def train_phi_distilled(
     seed: int = 0,
     *,
     concept_words: Sequence[str] | None = None,
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> Phi:
     """Distil OTI tokens into a phi (SEARLE): ``lambda_distil * InfoNCE(phi(v), oti; T)`` in token space
     (rows normalised) plus, with ``concept_words``, ``lambda_reg`` times the word regulariser."""
     config = config or DistilConfig()
-    with torch_threads(config.num_threads):
+    with torch_threads(num_threads):
         feats = _image_features(clip, None, image_features)
         targets = torch.as_tensor(oti_tokens, dtype=torch.float32).clone()
         if targets.shape != (len(feats), clip.token_dim):

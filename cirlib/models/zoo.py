@@ -42,7 +42,11 @@ except ImportError:  # pragma: no cover - depends on the environment
 REGISTRY_FILE = "registry.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-Model = CLIPModel | Phi
+Model = CLIPModel | Phi | torch.nn.Module
+
+#: Other modules the zoo stores: kind -> (module, class). Each has an ``arch`` dict of constructor
+#: arguments and a ``clip_hash``; named by path so the zoo need not import the methods layer.
+MODULE_KINDS: dict[str, tuple[str, str]] = {"combiner": ("cirlib.methods.supervised", "Combiner")}
 
 
 class CheckpointError(RuntimeError):
@@ -107,7 +111,12 @@ def _describe(model: Model) -> tuple[str, dict[str, Any], dict[str, torch.Tensor
         return "clip", {"model_config": model.model_config, "name": model.name}, model.model.state_dict()
     if isinstance(model, Phi):
         return "phi", {**model.arch, "clip_hash": model.clip_hash}, model.state_dict()
-    raise TypeError(f"cannot store a {type(model).__name__}; expected CLIPModel or Phi")
+    for kind, (module, cls) in MODULE_KINDS.items():
+        if type(model).__name__ == cls and type(model).__module__ == module:
+            return kind, {**model.arch, "clip_hash": getattr(model, "clip_hash", None)}, model.state_dict()
+    raise TypeError(
+        f"cannot store a {type(model).__name__}; expected CLIPModel, Phi or one of {sorted(MODULE_KINDS)}"
+    )
 
 
 def _serialise(kind: str, arch: dict[str, Any], state: Mapping[str, torch.Tensor]) -> tuple[bytes, str]:
@@ -147,6 +156,15 @@ def _deserialise(path: Path, data: bytes) -> Model:
         phi.load_state_dict({k: v.float() for k, v in state.items()})
         phi.clip_hash = clip_hash
         return phi.eval()
+    if kind in MODULE_KINDS:
+        import importlib
+
+        module, cls = MODULE_KINDS[kind]
+        clip_hash = arch.pop("clip_hash", None)
+        model = getattr(importlib.import_module(module), cls)(**arch)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model.clip_hash = clip_hash
+        return model.eval()
     raise CheckpointError(
         f"{path} has no cirlib metadata (kind {kind!r}); was it written by cirlib.models.zoo?"
     )

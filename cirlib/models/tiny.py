@@ -1,0 +1,161 @@
+"""The tiny profile's trained models as recipes: what data, which config, which seed.
+
+Each recipe names a checkpoint. :func:`load_tiny` returns the committed checkpoint from
+``data/checkpoints`` when its config matches, else trains it (progress bar) into the cache;
+``cirlib train --from-scratch`` retrains every recipe and rewrites the committed checkpoints.
+
+Zero-shot means zero-shot: the CLIP learns from world image-caption pairs, phi networks from world
+images only. No recipe here sees a CIR triplet (the supervised reference lives in
+:mod:`cirlib.methods.supervised` and is labelled as such).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from cirlib.models import zoo
+from cirlib.models.clip import CLIPModel, CLIPTrainConfig, train_clip
+from cirlib.models.phi import (
+    DistilConfig,
+    OTIConfig,
+    Phi,
+    PhiTrainConfig,
+    optimise_pseudo_tokens,
+    train_phi,
+    train_phi_distilled,
+)
+from cirlib.world import pretraining_pairs
+
+CLIP_NAME = "tiny-clip"
+PIC2WORD_NAME = "tiny-phi-pic2word"
+SEARLE_NAME = "tiny-phi-searle"
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    n_pairs: int = 40_000
+    data_seed: int = 0
+    seed: int = 0
+    train: CLIPTrainConfig = field(
+        default_factory=lambda: CLIPTrainConfig(
+            steps=600, batch_size=256, lr=1e-3, warmup_steps=50, checkpoint_every=50
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Pic2WordRecipe:
+    n_images: int = 20_000
+    data_seed: int = 1  # images the CLIP never saw in pre-training
+    seed: int = 0
+    train: PhiTrainConfig = field(default_factory=lambda: PhiTrainConfig(steps=600, lr=2e-4))
+
+
+@dataclass(frozen=True)
+class SearleRecipe:
+    # OTI costs one text-encoder pass per image per step: 1,024 images x 200 steps fit the CPU
+    # budget (SEARLE's code runs 350 steps over all of ImageNet's test images on a GPU).
+    n_images: int = 1_024
+    data_seed: int = 2
+    seed: int = 0
+    oti: OTIConfig = field(default_factory=lambda: OTIConfig(steps=200))
+    distil: DistilConfig = field(default_factory=lambda: DistilConfig(steps=1000, lambda_reg=0.0))
+
+
+CLIP_RECIPE = ClipRecipe()
+PIC2WORD_RECIPE = Pic2WordRecipe()
+SEARLE_RECIPE = SearleRecipe()
+
+#: ``CIRLIB_RECIPES=micro`` swaps in recipes that train in seconds (pipeline checks and tests that
+#: must not depend on committed checkpoints). Their checkpoints have other config hashes, so they
+#: never mix with the real ones; they are useless for measuring anything.
+if os.environ.get("CIRLIB_RECIPES") == "micro":
+    CLIP_RECIPE = ClipRecipe(
+        n_pairs=512, train=CLIPTrainConfig(steps=6, batch_size=64, warmup_steps=2, checkpoint_every=3)
+    )
+    PIC2WORD_RECIPE = Pic2WordRecipe(n_images=256, train=PhiTrainConfig(steps=4, batch_size=64))
+    SEARLE_RECIPE = SearleRecipe(
+        n_images=64,
+        oti=OTIConfig(steps=3, batch_size=64),
+        distil=DistilConfig(steps=4, batch_size=64, lambda_reg=0.0),
+    )
+elif os.environ.get("CIRLIB_RECIPES") not in (None, "", "default"):
+    raise ValueError(f"CIRLIB_RECIPES must be 'default' or 'micro', not {os.environ['CIRLIB_RECIPES']!r}")
+
+
+def default_root() -> Path | None:
+    """Where :func:`load_tiny` looks: committed then cached checkpoints, or (micro recipes) a cache
+    folder of their own, so that micro models never meet the committed registry."""
+    if os.environ.get("CIRLIB_RECIPES") == "micro":
+        return zoo.cache_models_root() / "micro"
+    return None
+
+
+def _command(name: str) -> str:
+    return f"cirlib train --only {name} --from-scratch"
+
+
+def _recipe_config(recipe, clip: CLIPModel | None) -> dict:
+    config = asdict(recipe)
+    if clip is not None:
+        config["clip_hash"] = clip.hash  # a phi belongs to one CLIP
+    return config
+
+
+def _resume_dir(name: str) -> Path:
+    from cirlib.config import cache_root
+
+    return cache_root() / "training" / name
+
+
+def train_tiny_clip(recipe: ClipRecipe = CLIP_RECIPE, progress: bool = True) -> CLIPModel:
+    data = pretraining_pairs(recipe.n_pairs, recipe.data_seed)
+    return train_clip(
+        data.images,
+        data.captions,
+        recipe.train,
+        recipe.seed,
+        resume_dir=_resume_dir(CLIP_NAME),
+        progress=progress,
+    )
+
+
+def train_tiny_pic2word(
+    clip: CLIPModel, recipe: Pic2WordRecipe = PIC2WORD_RECIPE, progress: bool = True
+) -> Phi:
+    images = pretraining_pairs(recipe.n_images, recipe.data_seed).images
+    return train_phi(clip, images, recipe.train, recipe.seed, progress=progress)
+
+
+def train_tiny_searle(clip: CLIPModel, recipe: SearleRecipe = SEARLE_RECIPE, progress: bool = True) -> Phi:
+    images = pretraining_pairs(recipe.n_images, recipe.data_seed).images
+    features = clip.encode_images(images)
+    tokens = optimise_pseudo_tokens(clip, features, recipe.oti, recipe.seed, progress=progress)
+    return train_phi_distilled(clip, features, tokens, recipe.distil, recipe.seed, progress=progress)
+
+
+def load_tiny(name: str, *, root: Path | None = None, progress: bool = True) -> CLIPModel | Phi:
+    """A tiny-profile model by checkpoint name: committed if present, else trained and cached."""
+    root = default_root() if root is None else root
+    if name == CLIP_NAME:
+        train: Callable[[], CLIPModel | Phi] = lambda: train_tiny_clip(progress=progress)  # noqa: E731
+        config = _recipe_config(CLIP_RECIPE, None)
+        seed = CLIP_RECIPE.seed
+    elif name in (PIC2WORD_NAME, SEARLE_NAME):
+        clip = load_tiny(CLIP_NAME, root=root, progress=progress)
+        assert isinstance(clip, CLIPModel)
+        if name == PIC2WORD_NAME:
+            config, seed = _recipe_config(PIC2WORD_RECIPE, clip), PIC2WORD_RECIPE.seed
+            train = lambda: train_tiny_pic2word(clip, progress=progress)  # noqa: E731
+        else:
+            config, seed = _recipe_config(SEARLE_RECIPE, clip), SEARLE_RECIPE.seed
+            train = lambda: train_tiny_searle(clip, progress=progress)  # noqa: E731
+    else:
+        raise KeyError(f"unknown tiny model {name!r}; known: {CLIP_NAME}, {PIC2WORD_NAME}, {SEARLE_NAME}")
+    with torch.random.fork_rng():
+        return zoo.load_or_train(name, train, config=config, seed=seed, command=_command(name), root=root)

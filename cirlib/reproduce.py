@@ -1,0 +1,73 @@
+"""The main job: execute every notebook with papermill on the tiny profile.
+
+``python -m cirlib.reproduce`` (what ``make reproduce`` runs) executes ``notebooks/NN_*.ipynb`` in
+order, in place (each written atomically once it has run), so the committed notebooks always show
+the outputs of the last full run; figures land in ``figures/`` and result tables in
+``data/results/``. ``--smoke`` passes each notebook's small ``SMOKE`` parameters instead (what the
+tests run), writing executed copies to a scratch folder rather than over the notebooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from cirlib.config import REPO_ROOT
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    found = sorted(p for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if any(p.stem.startswith(o) or p.stem == o for o in only)]
+        if not found:
+            raise SystemExit(f"reproduce: no notebook matches {only} in {NOTEBOOKS_DIR}")
+    return found
+
+
+def run_notebook(path: Path, parameters: dict, output: Path, timeout: int | None = None) -> float:
+    """Execute ``path`` with papermill into ``output`` (atomically); return the seconds it took."""
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.stem}.running.ipynb")
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        str(path),
+        str(tmp),
+        parameters=parameters,
+        cwd=str(path.parent),
+        kernel_name="python3",
+        progress_bar=False,
+        execution_timeout=timeout,
+    )
+    os.replace(tmp, output)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cirlib.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01")
+    parser.add_argument("--smoke", action="store_true", help="small parameters, outputs to a scratch folder")
+    parser.add_argument("--output-dir", type=Path, help="write executed notebooks here instead of in place")
+    args = parser.parse_args(argv)
+    parameters = {"PROFILE": "tiny", "SMOKE": bool(args.smoke)}
+    out_dir = args.output_dir or (REPO_ROOT / ".cache" / "smoke-notebooks" if args.smoke else None)
+    timings = {}
+    for path in notebooks(args.only):
+        output = path if out_dir is None else out_dir / path.name
+        print(f"reproduce: running {path.name} ...", file=sys.stderr, flush=True)
+        seconds = run_notebook(path, parameters, output)
+        timings[path.name] = round(seconds, 1)
+        print(f"reproduce: {path.name} done in {seconds:.0f} s", file=sys.stderr, flush=True)
+    print(json.dumps({"notebooks": timings, "total_s": round(sum(timings.values()), 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""``cirlib train``: (re)train the tiny profile's models and commit them as checkpoints.
+
+Order matters: the CLIP first, then everything trained against it (phi networks, the supervised
+Combiner), because their checkpoints record the CLIP's hash. Each model is timed and, where it has
+one, a sanity metric is stored with it in the registry.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from cirlib.config import CHECKPOINTS_DIR
+from cirlib.models import zoo
+from cirlib.models.clip import CLIPModel
+from cirlib.models.tiny import (
+    CLIP_NAME,
+    CLIP_RECIPE,
+    PIC2WORD_NAME,
+    PIC2WORD_RECIPE,
+    SEARLE_NAME,
+    SEARLE_RECIPE,
+    _recipe_config,
+    train_tiny_clip,
+    train_tiny_pic2word,
+    train_tiny_searle,
+)
+from cirlib.world import pretraining_pairs
+
+ALL_MODELS = (CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, "tiny-combiner-supervised")
+
+
+def heldout_text_to_image_r1(clip: CLIPModel, n: int = 1000, seed: int = 99) -> float:
+    """Text->image R@1 (percent) on held-out world pairs with full captions: a CLIP sanity check."""
+    from cirlib.world.language import full_caption
+
+    data = pretraining_pairs(n, seed)
+    rng = __import__("numpy").random.default_rng(seed)
+    captions = [full_caption(s, rng) for s in data.scenes]
+    with torch.inference_mode():
+        sims = clip.encode_texts(captions) @ clip.encode_images(data.images).T
+    return float((sims.argmax(dim=1) == torch.arange(n)).float().mean() * 100)
+
+
+def train_all(only: list[str] | None = None, *, from_scratch: bool = False) -> dict[str, dict]:
+    """Train the named models (default: all) into ``data/checkpoints``; skip existing ones unless
+    ``from_scratch``. Returns {name: {"seconds": ..., metrics...}}."""
+    names = list(only or ALL_MODELS)
+    unknown = [n for n in names if n not in ALL_MODELS]
+    if unknown:
+        raise SystemExit(f"cirlib train: unknown model(s) {unknown}; known: {', '.join(ALL_MODELS)}")
+    report: dict[str, dict] = {}
+    existing = zoo.read_registry(CHECKPOINTS_DIR)
+
+    def needed(name: str) -> bool:
+        return name in names and (from_scratch or name not in existing)
+
+    if needed(CLIP_NAME):
+        start = time.perf_counter()
+        if from_scratch:
+            _clear_resume(CLIP_NAME)
+        clip = train_tiny_clip()
+        seconds = time.perf_counter() - start
+        metrics = {"heldout_t2i_r1": heldout_text_to_image_r1(clip), "train_seconds": round(seconds, 1)}
+        zoo.save_checkpoint(
+            CLIP_NAME,
+            clip,
+            _recipe_config(CLIP_RECIPE, None),
+            CLIP_RECIPE.seed,
+            f"cirlib train --only {CLIP_NAME} --from-scratch",
+            metrics,
+        )
+        report[CLIP_NAME] = metrics
+    clip = zoo.load_checkpoint(CLIP_NAME)
+    assert isinstance(clip, CLIPModel)
+    for name, recipe, train in (
+        (PIC2WORD_NAME, PIC2WORD_RECIPE, train_tiny_pic2word),
+        (SEARLE_NAME, SEARLE_RECIPE, train_tiny_searle),
+    ):
+        if needed(name) or (CLIP_NAME in report and name in names):
+            start = time.perf_counter()
+            phi = train(clip)
+            metrics = {"train_seconds": round(time.perf_counter() - start, 1)}
+            zoo.save_checkpoint(
+                name,
+                phi,
+                _recipe_config(recipe, clip),
+                recipe.seed,
+                f"cirlib train --only {name} --from-scratch",
+                metrics,
+            )
+            report[name] = metrics
+    if needed("tiny-combiner-supervised") or (CLIP_NAME in report and "tiny-combiner-supervised" in names):
+        from cirlib.methods.supervised import train_tiny_combiner
+
+        start = time.perf_counter()
+        train_tiny_combiner(clip, commit=True)
+        report["tiny-combiner-supervised"] = {"train_seconds": round(time.perf_counter() - start, 1)}
+    return report
+
+
+def _clear_resume(name: str) -> None:
+    import shutil
+
+    from cirlib.models.tiny import _resume_dir
+
+    shutil.rmtree(_resume_dir(name), ignore_errors=True)
