@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parameters = {"PROFILE": "tiny", "SMOKE": bool(args.smoke)}
     out_dir = args.output_dir or (REPO_ROOT / ".cache" / "smoke-notebooks" if args.smoke else None)
+    if args.smoke:  # smoke figures must not overwrite the committed ones
+        os.environ.setdefault("CIRLIB_FIGURES", str(REPO_ROOT / ".cache" / "smoke-figures"))
     timings = {}
     for path in notebooks(args.only):
         output = path if out_dir is None else out_dir / path.name

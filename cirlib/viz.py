@@ -6,6 +6,7 @@ can keep their committed outputs small.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,8 @@ MISS_COLOR = "#d73027"
 
 def save_figure(fig: plt.Figure, name: str, folder: Path | None = None, dpi: int = 110) -> Path:
     """Save ``fig`` as ``figures/<name>.png`` (atomically replaced) and close it."""
-    folder = FIGURES_DIR if folder is None else folder
+    if folder is None:  # CIRLIB_FIGURES redirects smoke runs away from the committed figures/
+        folder = Path(os.environ.get("CIRLIB_FIGURES", FIGURES_DIR))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     tmp = path.with_name(f".{path.name}.tmp.png")
