@@ -43,7 +43,7 @@ class ClipRecipe:
     seed: int = 0
     train: CLIPTrainConfig = field(
         default_factory=lambda: CLIPTrainConfig(
-            steps=600, batch_size=256, lr=1e-3, warmup_steps=50, checkpoint_every=50
+            steps=600, batch_size=256, lr=1e-3, warmup_steps=50, checkpoint_every=100
         )
     )
 
