@@ -95,8 +95,16 @@ def main() -> int:
     our_enc, raw_enc = encoding(data.images[: args.images])
     result = {
         "threads": torch.get_num_threads(),
-        "train_pairs_per_s": {"ours": round(our_train, 1), "raw_open_clip": round(raw_train, 1), "ratio": round(our_train / raw_train, 3)},
-        "encode_images_per_s": {"ours": round(our_enc, 1), "raw_open_clip": round(raw_enc, 1), "ratio": round(our_enc / raw_enc, 3)},
+        "train_pairs_per_s": {
+            "ours": round(our_train, 1),
+            "raw_open_clip": round(raw_train, 1),
+            "ratio": round(our_train / raw_train, 3),
+        },
+        "encode_images_per_s": {
+            "ours": round(our_enc, 1),
+            "raw_open_clip": round(raw_enc, 1),
+            "ratio": round(our_enc / raw_enc, 3),
+        },
     }
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / "clip.json", result)

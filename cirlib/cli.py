@@ -203,7 +203,7 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from cirlib.training import train_all
 
-    report = train_all(args.only, from_scratch=args.from_scratch)
+    report = train_all(args.only, from_scratch=args.from_scratch, root=args.root)
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
 

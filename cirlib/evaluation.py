@@ -31,6 +31,12 @@ class Evaluation:
     per_query: dict[str, np.ndarray]
     rankings: dict[str, list[list[str]]] = field(repr=False)
     subset: list[list[str]] | None = field(default=None, repr=False)
+    #: Per-query category (aligned with ``qids``): bootstrap strata of the "average/" metrics.
+    categories: list[str] | None = field(default=None, repr=False)
+
+    def strata(self, metric: str) -> list[str] | None:
+        """Strata for bootstrapping ``metric``: categories for FashionIQ averages, else None."""
+        return self.categories if "average/" in metric else None
 
     @property
     def summary(self) -> dict[str, float]:
@@ -115,6 +121,7 @@ def evaluate(method: Method, benchmark: Benchmark, queries: Sequence[Query] | No
         per_query,
         rankings,
         subset,
+        [q.category for q in queries],
     )
 
 
@@ -151,6 +158,7 @@ def result_rows(
                     metric=metric,
                     per_query={seed: ev.per_query[metric].astype(float)},
                     config_hash=config_hash,
+                    strata=ev.strata(metric),
                 )
             )
     return rows
@@ -168,7 +176,11 @@ def paired_differences(evaluations: dict[str, Evaluation], better: str, others: 
         b = evaluations[other]
         if a.qids != b.qids:
             raise ValueError(f"{better} and {other} were evaluated on different queries")
-        d = paired_bootstrap(a.per_query[metric].astype(float) * 100, b.per_query[metric].astype(float) * 100)
+        d = paired_bootstrap(
+            a.per_query[metric].astype(float) * 100,
+            b.per_query[metric].astype(float) * 100,
+            strata=a.strata(metric),
+        )
         rows.append(
             {
                 "comparison": f"{better} - {other}",

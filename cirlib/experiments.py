@@ -103,6 +103,20 @@ def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return out
 
 
+def _stratified_bootstrap_means(values: np.ndarray, strata: Any, n_boot: int, seed: int) -> np.ndarray:
+    """Like :func:`_bootstrap_means`, but each stratum (e.g. a FashionIQ category) is resampled
+    within itself, keeping its size: the right bootstrap for a statistic such as the unweighted
+    mean of per-category means (pass per-query values reweighted by N / (C * n_c))."""
+    labels = np.asarray(strata)
+    if labels.shape != values.shape[-1:]:
+        raise ValueError(f"strata has shape {labels.shape}, values have {values.shape[-1]} queries")
+    total = np.zeros(values.shape[:-1] + (n_boot,), dtype=np.float64)
+    for i, label in enumerate(dict.fromkeys(labels.tolist())):
+        part = values[..., labels == label]
+        total += _bootstrap_means(part, n_boot, seed + 7919 * i) * part.shape[-1]
+    return total / values.shape[-1]
+
+
 def _interval(boot: np.ndarray, point: float, confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(boot, [alpha, 1.0 - alpha])
@@ -111,19 +125,29 @@ def _interval(boot: np.ndarray, point: float, confidence: float) -> tuple[float,
     return float(min(low, point)), float(max(high, point))
 
 
-def bootstrap_ci(values: Any, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> CI:
+def bootstrap_ci(
+    values: Any, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0, *, strata: Any = None
+) -> CI:
     """Percentile-bootstrap CI of the mean of per-query ``values`` (bool or float, any unit).
 
-    Queries are resampled with replacement ``n_boot`` times; the interval is the
-    ``(1-confidence)/2`` and ``(1+confidence)/2`` quantiles of the resampled means."""
+    Queries are resampled with replacement ``n_boot`` times (within each stratum when ``strata``
+    labels are given); the interval is the ``(1-confidence)/2`` and ``(1+confidence)/2`` quantiles
+    of the resampled means."""
     _check_boot(n_boot, confidence)
     array = _per_query(values, "values")
     mean = float(array.mean())
-    low, high = _interval(_bootstrap_means(array, n_boot, seed), mean, confidence)
+    boot = (
+        _bootstrap_means(array, n_boot, seed)
+        if strata is None
+        else _stratified_bootstrap_means(array, strata, n_boot, seed)
+    )
+    low, high = _interval(boot, mean, confidence)
     return CI(mean, low, high)
 
 
-def paired_bootstrap(a: Any, b: Any, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> PairedCI:
+def paired_bootstrap(
+    a: Any, b: Any, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0, *, strata: Any = None
+) -> PairedCI:
     """Paired bootstrap of ``mean(a) - mean(b)`` where ``a[i]`` and ``b[i]`` are the same query.
 
     The CI is the percentile interval of resampled differences. The two-sided p-value tests "no
@@ -135,7 +159,11 @@ def paired_bootstrap(a: Any, b: Any, n_boot: int = 2000, confidence: float = 0.9
         raise ValueError(f"paired arrays must have the same queries: shapes {x.shape} and {y.shape}")
     d = x - y
     diff = float(d.mean())
-    boot = _bootstrap_means(d, n_boot, seed)
+    boot = (
+        _bootstrap_means(d, n_boot, seed)
+        if strata is None
+        else _stratified_bootstrap_means(d, strata, n_boot, seed)
+    )
     low, high = _interval(boot, diff, confidence)
     # tolerance: resampled means of constant differences differ from `diff` by rounding only
     tol = 1e-12 * max(1.0, abs(diff))
@@ -258,6 +286,8 @@ def _percent(value: Any, name: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{where}: {name} must be a number, got {value!r}")
     v = float(value)
+    if math.isfinite(v) and -1e-9 <= v <= 100.0 + 1e-9:  # reweighted means round in the last bits
+        v = min(max(v, 0.0), 100.0)
     if not math.isfinite(v) or not 0.0 <= v <= 100.0:
         raise ValueError(
             f"{where}: {name}={v} is not a percentage in [0, 100] (metric values are in percent)"
@@ -278,6 +308,7 @@ def row_from_per_query(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    strata: Any = None,
 ) -> ResultRow:
     """A :class:`ResultRow` from per-query values of one or more seeds (``{seed: values [n]}``).
 
@@ -290,7 +321,7 @@ def row_from_per_query(
     if len({a.shape for a in arrays}) != 1:
         raise ValueError(f"seeds evaluated different numbers of queries: {[a.shape[0] for a in arrays]}")
     values = np.mean(arrays, axis=0) * scale
-    ci = bootstrap_ci(values, n_boot=n_boot, confidence=confidence, seed=seed)
+    ci = bootstrap_ci(values, n_boot=n_boot, confidence=confidence, seed=seed, strata=strata)
     return ResultRow(
         notebook=notebook,
         benchmark=benchmark,

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, help="write executed notebooks here instead of in place")
     args = parser.parse_args(argv)
     parameters = {"PROFILE": "tiny", "SMOKE": bool(args.smoke)}
+    # Progress bars inside a notebook become widget outputs; committed notebooks should not carry
+    # them. Interactive runs keep them; this command reports per-notebook progress on stderr.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     out_dir = args.output_dir or (REPO_ROOT / ".cache" / "smoke-notebooks" if args.smoke else None)
     if args.smoke:  # smoke figures must not overwrite the committed ones
         os.environ.setdefault("CIRLIB_FIGURES", str(REPO_ROOT / ".cache" / "smoke-figures"))

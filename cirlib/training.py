@@ -8,6 +8,7 @@ one, a sanity metric is stored with it in the registry.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -43,15 +44,19 @@ def heldout_text_to_image_r1(clip: CLIPModel, n: int = 1000, seed: int = 99) -> 
     return float((sims.argmax(dim=1) == torch.arange(n)).float().mean() * 100)
 
 
-def train_all(only: list[str] | None = None, *, from_scratch: bool = False) -> dict[str, dict]:
+def train_all(
+    only: list[str] | None = None, *, from_scratch: bool = False, root: Path | None = None
+) -> dict[str, dict]:
     """Train the named models (default: all) into ``data/checkpoints``; skip existing ones unless
-    ``from_scratch``. Returns {name: {"seconds": ..., metrics...}}."""
+    ``from_scratch``. ``root`` writes elsewhere than the committed ``data/checkpoints`` (e.g. to
+    check that a retrain reproduces the committed models). Returns {name: {metrics...}}."""
+    root = CHECKPOINTS_DIR if root is None else Path(root)
     names = list(only or ALL_MODELS)
     unknown = [n for n in names if n not in ALL_MODELS]
     if unknown:
         raise SystemExit(f"cirlib train: unknown model(s) {unknown}; known: {', '.join(ALL_MODELS)}")
     report: dict[str, dict] = {}
-    existing = zoo.read_registry(CHECKPOINTS_DIR)
+    existing = zoo.read_registry(root)
 
     def needed(name: str) -> bool:
         return name in names and (from_scratch or name not in existing)
@@ -70,9 +75,10 @@ def train_all(only: list[str] | None = None, *, from_scratch: bool = False) -> d
             CLIP_RECIPE.seed,
             f"cirlib train --only {CLIP_NAME} --from-scratch",
             metrics,
+            root=root,
         )
         report[CLIP_NAME] = metrics
-    clip = zoo.load_checkpoint(CLIP_NAME)
+    clip = zoo.load_checkpoint(CLIP_NAME, root=root)
     assert isinstance(clip, CLIPModel)
     for name, recipe, train in (
         (PIC2WORD_NAME, PIC2WORD_RECIPE, train_tiny_pic2word),
@@ -89,13 +95,14 @@ def train_all(only: list[str] | None = None, *, from_scratch: bool = False) -> d
                 recipe.seed,
                 f"cirlib train --only {name} --from-scratch",
                 metrics,
+                root=root,
             )
             report[name] = metrics
     if needed("tiny-combiner-supervised") or (CLIP_NAME in report and "tiny-combiner-supervised" in names):
         from cirlib.methods.supervised import train_tiny_combiner
 
         start = time.perf_counter()
-        train_tiny_combiner(clip, commit=True)
+        train_tiny_combiner(clip, commit=True, root=root)
         report["tiny-combiner-supervised"] = {"train_seconds": round(time.perf_counter() - start, 1)}
     return report
 

@@ -38,6 +38,27 @@ def save_figure(fig: plt.Figure, name: str, folder: Path | None = None, dpi: int
     return path
 
 
+def show(fig: plt.Figure, name: str, preview_dpi: int = 60):
+    """Save ``fig`` under figures/ at full resolution and return a small JPEG preview to display
+    inline, so committed notebooks stay small while figures/ keeps the real images."""
+    import io
+
+    from IPython.display import Image as IPImage
+
+    path = save_figure(fig, name)
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        im = im.convert("RGB")
+        scale = preview_dpi / 110
+        im = im.resize(
+            (max(1, int(im.width * scale)), max(1, int(im.height * scale))), PILImage.Resampling.LANCZOS
+        )
+        buffer = io.BytesIO()
+        im.save(buffer, format="JPEG", quality=70)
+    return IPImage(data=buffer.getvalue(), format="jpeg")
+
+
 def image_grid(
     images: np.ndarray, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.4
 ) -> plt.Figure:

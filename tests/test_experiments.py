@@ -242,3 +242,23 @@ def test_row_from_per_query_averages_seeds_then_bootstraps():
             per_query={0: np.ones(3), 1: np.ones(4)},
             config_hash="h",
         )
+
+
+def test_stratified_bootstrap_of_reweighted_values_stays_in_range():
+    """FashionIQ's average is the unweighted mean of category means; per-query hits reweighted by
+    N / (C * n_c) have that mean, and resampling within categories keeps every resample in range."""
+    import numpy as np
+
+    from cirlib.experiments import bootstrap_ci, paired_bootstrap
+
+    hits = np.array([1.0] * 9 + [0.0] + [1.0] * 2)  # category a: 10 queries, b: 2 queries
+    strata = ["a"] * 10 + ["b"] * 2
+    weights = np.array([12 / (2 * 10)] * 10 + [12 / (2 * 2)] * 2)
+    values = hits * weights * 100
+    ci = bootstrap_ci(values, strata=strata)
+    assert ci.mean == pytest.approx((90 + 100) / 2)
+    assert 0 <= ci.low <= ci.mean <= ci.high <= 100
+    d = paired_bootstrap(values, values, strata=strata)
+    assert d.diff == 0 and d.p_value == 1
+    with pytest.raises(ValueError, match="strata"):
+        bootstrap_ci(values, strata=["a"] * 3)

@@ -13,9 +13,9 @@ from cirlib.world import WORLD_VERSION, load_world_benchmark, pretraining_pairs
 
 FROZEN = {
     "1.0": {
-        "cirr": ("585413bcf182237d01d4642cbd3cfbdee2e2c040bf01136c6b26dcacbf2c8299", "bb1e4abd3531c854d0ab47da6d5348e0c15ee264ea237044a18e173c9e77fd93"),
-        "circo": ("407f371766285b72744958ed32476eee9b5170ed19c30a11059074e9c7796126", "9accea474f59febaa2a6c5d894de5a1f6439af63b33f46cb8ce14bbf80ef12da"),
-        "fashioniq": ("0490d4aed330f1ebc7becdd96150eccd1e401a48577d9678ac8140e4b4a10a46", "3277400fd305d9d05a98f70d9ed2e3e730ab8b902876fd2e449cc7b39e460f7c"),
+        "cirr": ("276357fa75a805bcd80beb7493c70792bd1f47f66c27d7f5a9885bceb9fdb969", "207d164031cbfdd63fe9e3d03dc53224a645cf3cb84a0090b3824fd809bccf25"),
+        "circo": ("1605f99e0c0ce1ddfa6d6a0354934434136fd8ad81ec3e5e1273afb4c68a1ec6", "ff84e862f8f564e90a47f00e436a8d778afd7cf0541468e4b93995e80c15403b"),
+        "fashioniq": ("2853421f717cbac098db5eb3ce41725adc976f91ea92c6db5ef7a92f1f160a31", "5c95a92ba8849e5d02378090ecaaa2f810ccfee1a1c881a6159b1b6353a7a95b"),
         "pairs": ("b0d56f0e29f7fa8eb45526d40e13bffc7c421e9ed9101bdaa62dfab9193c6d80", "24ebfa64551dd881686c6b84848967b8af64b1325ccbe8d0d58b13fb0822d36a"),
     }
 }  # fmt: skip

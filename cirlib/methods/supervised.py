@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -140,8 +141,10 @@ def _train(clip: CLIPModel, progress: bool = True) -> Combiner:
         )
 
 
-def train_tiny_combiner(clip: CLIPModel, *, commit: bool = False, progress: bool = True) -> Combiner:
-    """Train the supervised Combiner; with ``commit`` store it in ``data/checkpoints``."""
+def train_tiny_combiner(
+    clip: CLIPModel, *, commit: bool = False, progress: bool = True, root: Path | None = None
+) -> Combiner:
+    """Train the supervised Combiner; with ``commit`` store it in ``root`` (default ``data/checkpoints``)."""
     from cirlib.models import zoo
 
     combiner = _train(clip, progress)
@@ -153,6 +156,7 @@ def train_tiny_combiner(clip: CLIPModel, *, commit: bool = False, progress: bool
             _combiner_config(clip),
             COMBINER_RECIPE.seed,
             f"cirlib train --only {COMBINER_NAME} --from-scratch",
+            root=root,
         )
     return combiner
 

@@ -18,6 +18,7 @@ The world is versioned (``WORLD_VERSION``): a change to anything that alters a b
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -66,8 +67,12 @@ class WorldSpec:
 
 
 def split_seed(form: str, split: str) -> int:
-    """Disjoint, stable seeds per (form, split): val and test never share a random stream."""
-    return int(config_hash({"world": WORLD_VERSION, "form": form, "split": split}), 16) % (2**32)
+    """Disjoint, stable seeds per (form, split): val and test never share a random stream.
+
+    Derived from the world version alone (not from ``CODE_VERSION``, which keys caches), so that
+    cache-format changes never alter the frozen world."""
+    digest = hashlib.sha256(f"world {WORLD_VERSION} {form} {split}".encode()).hexdigest()
+    return int(digest[:8], 16)
 
 
 class _GalleryBuilder:
@@ -334,8 +339,19 @@ BUILDERS: dict[str, Callable[[str, int, int], Benchmark]] = {
 }
 
 
+def world_code_digest() -> str:
+    """sha256 of the world's source files: part of every world cache key, so that an edit to the
+    generator can never be served a benchmark built by older code (the frozen-world test then
+    says whether the edit changed the world)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _cache_path(spec: WorldSpec) -> Path:
-    return cache_root() / "world" / f"{spec.form}-{spec.split}-{config_hash(spec)}.npz"
+    key = config_hash({"spec": spec, "code": world_code_digest()})
+    return cache_root() / "world" / f"{spec.form}-{spec.split}-{key}.npz"
 
 
 def _save(benchmark: Benchmark, path: Path) -> None:
