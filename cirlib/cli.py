@@ -195,6 +195,9 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="retrain even if a checkpoint exists, and commit the result",
     )
+    parser.add_argument(
+        "--root", type=Path, metavar="DIR", help="write checkpoints here instead of data/checkpoints"
+    )
 
 
 @command(

@@ -68,15 +68,7 @@ def train_all(
         clip = train_tiny_clip()
         seconds = time.perf_counter() - start
         metrics = {"heldout_t2i_r1": heldout_text_to_image_r1(clip), "train_seconds": round(seconds, 1)}
-        zoo.save_checkpoint(
-            CLIP_NAME,
-            clip,
-            _recipe_config(CLIP_RECIPE, None),
-            CLIP_RECIPE.seed,
-            f"cirlib train --only {CLIP_NAME} --from-scratch",
-            metrics,
-            root=root,
-        )
+        _save(CLIP_NAME, clip, _recipe_config(CLIP_RECIPE, None), CLIP_RECIPE.seed, metrics, root)
         report[CLIP_NAME] = metrics
     clip = zoo.load_checkpoint(CLIP_NAME, root=root)
     assert isinstance(clip, CLIPModel)
@@ -88,15 +80,7 @@ def train_all(
             start = time.perf_counter()
             phi = train(clip)
             metrics = {"train_seconds": round(time.perf_counter() - start, 1)}
-            zoo.save_checkpoint(
-                name,
-                phi,
-                _recipe_config(recipe, clip),
-                recipe.seed,
-                f"cirlib train --only {name} --from-scratch",
-                metrics,
-                root=root,
-            )
+            _save(name, phi, _recipe_config(recipe, clip), recipe.seed, metrics, root)
             report[name] = metrics
     if needed("tiny-combiner-supervised") or (CLIP_NAME in report and "tiny-combiner-supervised" in names):
         from cirlib.methods.supervised import train_tiny_combiner
@@ -105,6 +89,11 @@ def train_all(
         train_tiny_combiner(clip, commit=True, root=root)
         report["tiny-combiner-supervised"] = {"train_seconds": round(time.perf_counter() - start, 1)}
     return report
+
+
+def _save(name: str, model, config: dict, seed: int, metrics: dict, root: Path) -> None:
+    command = f"cirlib train --only {name} --from-scratch"
+    zoo.save_checkpoint(name, model, config, seed, command, metrics, root=root)
 
 
 def _clear_resume(name: str) -> None:

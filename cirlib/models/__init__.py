@@ -1,6 +1,6 @@
 """Models of the companion: tiny CLIPs of the real kind, pseudo-word mappings and the checkpoint zoo.
 
-See docs/INTERFACES.md. ``clip`` holds :class:`CLIPModel` and :func:`train_clip`; ``phi`` the Pic2Word
+See docs/ARCHITECTURE.md. ``clip`` holds :class:`CLIPModel` and :func:`train_clip`; ``phi`` the Pic2Word
 and SEARLE mappings; ``zoo`` the checkpoint registry; ``paper`` the paper-profile backbones and
 :func:`load_clip` for both profiles.
 """
