@@ -21,6 +21,7 @@ Formats (PROTOCOLS §2.5):
 from __future__ import annotations
 
 import json
+import logging
 import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -70,6 +71,9 @@ CIRR_METRICS: tuple[str, ...] = ("recall", "recall_subset")
 MAX_FILE_BYTES = 5_000_000
 
 _NUMERIC = re.compile(r"[0-9]+")
+
+
+log = logging.getLogger("cirlib.submission")
 
 
 class SubmissionError(ValueError):
@@ -173,7 +177,9 @@ def validate_cirr_predictions(
 ) -> dict[int, list[str]]:
     """Validate a parsed CIRR server file against ``split`` and return ``{pairid: names}``.
 
-    ``metric="recall"``: at most 50 gallery names per query, never the query's reference.
+    ``metric="recall"``: at most 50 gallery names per query. The query's own reference is not part
+    of its gallery (PROTOCOLS §2.1): if a list names it, it is dropped, keeping the order of the
+    rest, exactly as SEARLE's reference mask removes it from a ranking, and a warning is logged.
     ``metric="recall_subset"``: at most 3 names, all in ``members`` minus the reference."""
     if metric not in CIRR_METRICS:
         raise ValueError(f"unknown CIRR metric {metric!r}; expected one of {', '.join(CIRR_METRICS)}")
@@ -193,6 +199,7 @@ def validate_cirr_predictions(
         _fail(source, _missing_message(missing, len(by_key), f"CIRR {split.split} pairids"))
     max_len = TOP_N if metric == "recall" else CIRR_SUBSET_TOP
     out: dict[int, list[str]] = {}
+    dropped_reference = 0
     for key, query in by_key.items():
         where = f"query {key}"
         names = _check_ranking(source, where, obj[key], max_len, _as_name, "image name string")
@@ -205,11 +212,19 @@ def validate_cirr_predictions(
                         f"{where}: {_short(name)} is outside the query's subset (img_set.members minus "
                         f"the reference {query.reference})",
                     )
-            elif name == query.reference:
-                _fail(source, f"{where}: lists its own reference {name} (CIRR removes the reference)")
             elif name not in split.images:
                 _fail(source, f"{where}: {_short(name)} is not an image of the CIRR {split.split} split")
+        if allowed is None and query.reference in names:
+            dropped_reference += 1
+            names = [n for n in names if n != query.reference]
         out[query.pairid] = names
+    if dropped_reference:
+        log.warning(
+            "%s: %d lists name their own reference; it was dropped before scoring (CIRR removes the "
+            "reference from the gallery), so those lists rank one image fewer",
+            source,
+            dropped_reference,
+        )
     return out
 
 

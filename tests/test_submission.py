@@ -466,10 +466,6 @@ CIRR_RECALL_ERRORS = {
         lambda o, s: o[_first(s)].__setitem__(1, "test1-147-1-img1"),
         "query 12060: 'test1-147-1-img1' is not an image of the CIRR val split",
     ),
-    "reference": (
-        lambda o, s: o[_first(s)].__setitem__(1, s.queries[0].reference),
-        "query 12060: lists its own reference dev-244-0-img0",
-    ),
 }
 
 
@@ -617,3 +613,20 @@ def test_fashioniq_errors(tmp_path, fiq_val, case):
         read_fashioniq_predictions(path, fiq_val)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_cirr_reference_in_a_list_is_dropped_not_scored(
+    tmp_path, cirr_val, cirr_perfect_json, annotations_root, caplog
+):
+    """A list naming its own reference is scored as SEARLE would score that ranking: the reference
+    is removed (it is not in the query's gallery) and the rest keeps its order."""
+    obj = json.loads(cirr_perfect_json[0])
+    key = _first(cirr_val)
+    target = obj[key][0]
+    obj[key] = [cirr_val.queries[0].reference, *obj[key][:49]]
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps(obj))
+    with caplog.at_level("WARNING"):
+        result = score_predictions("cirr", annotations_root / "cirr", path)
+    assert result["recall@1"] == 100.0 and obj[key][1] == target
+    assert "own reference" in caplog.text
