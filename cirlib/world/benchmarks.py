@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -386,11 +386,31 @@ def _save(benchmark: Benchmark, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+class _LazyScenes(Sequence):
+    """Scenes of a cached gallery, parsed on first access: methods never read them, and a warm
+    load should not pay for thousands of scene validations only diagnostics need."""
+
+    def __init__(self, dicts: list[dict]) -> None:
+        self._dicts = dicts
+        self._scenes: list[Scene | None] = [None] * len(dicts)
+
+    def __len__(self) -> int:
+        return len(self._dicts)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        scene = self._scenes[index]
+        if scene is None:
+            scene = self._scenes[index] = Scene.from_dict(self._dicts[index])
+        return scene
+
+
 def _load(path: Path) -> Benchmark:
     with np.load(path) as data:
         meta = json.loads(bytes(data["meta"]).decode())
         galleries = {
-            c: Gallery(g["ids"], data[f"images_{c}"], None, [Scene.from_dict(s) for s in g["scenes"]])
+            c: Gallery(g["ids"], data[f"images_{c}"], None, _LazyScenes(g["scenes"]))
             for c, g in meta["galleries"].items()
         }
     queries = [
