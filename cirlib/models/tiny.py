@@ -139,9 +139,21 @@ def train_tiny_searle(clip: CLIPModel, recipe: SearleRecipe = SEARLE_RECIPE, pro
     return train_phi_distilled(clip, features, tokens, recipe.distil, recipe.seed, progress=progress)
 
 
+#: Models already loaded in this process, by (name, root, recipes): they are immutable, and every
+#: method of a notebook shares one CLIP instead of reading and hashing it again.
+_LOADED: dict[tuple[str, str, str], CLIPModel | Phi] = {}
+
+
 def load_tiny(name: str, *, root: Path | None = None, progress: bool = True) -> CLIPModel | Phi:
     """A tiny-profile model by checkpoint name: committed if present, else trained and cached."""
     root = default_root() if root is None else root
+    key = (name, str(root), os.environ.get("CIRLIB_RECIPES", ""))
+    if key not in _LOADED:
+        _LOADED[key] = _load_tiny(name, root, progress)
+    return _LOADED[key]
+
+
+def _load_tiny(name: str, root: Path | None, progress: bool) -> CLIPModel | Phi:
     if name == CLIP_NAME:
         train: Callable[[], CLIPModel | Phi] = lambda: train_tiny_clip(progress=progress)  # noqa: E731
         config = _recipe_config(CLIP_RECIPE, None)
