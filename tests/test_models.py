@@ -401,3 +401,14 @@ def test_paper_tiny_random_model_loads_through_open_clip(tmp_path: Path, monkeyp
         assert torch.allclose(emb, torch.nn.functional.normalize(ref.encode_image(x), dim=-1), atol=1e-5)
     t = clip.encode_texts_with_pseudo(["a photo of $"], clip.token_embedding_of(["dog"]))
     assert torch.allclose(t, clip.encode_texts(["a photo of dog"]), atol=1e-5)
+
+
+def test_tiny_config_is_registered_with_open_clip():
+    import open_clip
+
+    from cirlib.models.clip import TINY_CLIP_CONFIG
+
+    assert "cir-tiny" in open_clip.list_models()
+    model = open_clip.create_model("cir-tiny")
+    assert model.context_length == TINY_CLIP_CONFIG["text_cfg"]["context_length"] == 32
+    assert model.visual.image_size == (64, 64)
