@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cirlib.config import CHECKPOINTS_DIR
+from cirlib.methods.supervised import COMBINER_NAME, COMBINER_RECIPE, combiner_config, train_tiny_combiner
 from cirlib.models import zoo
 from cirlib.models.clip import CLIPModel
 from cirlib.models.tiny import (
@@ -23,13 +25,14 @@ from cirlib.models.tiny import (
     SEARLE_NAME,
     SEARLE_RECIPE,
     _recipe_config,
+    train_command,
     train_tiny_clip,
     train_tiny_pic2word,
     train_tiny_searle,
 )
 from cirlib.world import pretraining_pairs
 
-ALL_MODELS = (CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, "tiny-combiner-supervised")
+ALL_MODELS = (CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, COMBINER_NAME)
 
 
 def heldout_text_to_image_r1(clip: CLIPModel, n: int = 1000, seed: int = 99) -> float:
@@ -37,7 +40,7 @@ def heldout_text_to_image_r1(clip: CLIPModel, n: int = 1000, seed: int = 99) -> 
     from cirlib.world.language import full_caption
 
     data = pretraining_pairs(n, seed)
-    rng = __import__("numpy").random.default_rng(seed)
+    rng = np.random.default_rng(seed)
     captions = [full_caption(s, rng) for s in data.scenes]
     with torch.inference_mode():
         sims = clip.encode_texts(captions) @ clip.encode_images(data.images).T
@@ -82,18 +85,17 @@ def train_all(
             metrics = {"train_seconds": round(time.perf_counter() - start, 1)}
             _save(name, phi, _recipe_config(recipe, clip), recipe.seed, metrics, root)
             report[name] = metrics
-    if needed("tiny-combiner-supervised") or (CLIP_NAME in report and "tiny-combiner-supervised" in names):
-        from cirlib.methods.supervised import train_tiny_combiner
-
+    if needed(COMBINER_NAME) or (CLIP_NAME in report and COMBINER_NAME in names):
         start = time.perf_counter()
-        train_tiny_combiner(clip, commit=True, root=root)
-        report["tiny-combiner-supervised"] = {"train_seconds": round(time.perf_counter() - start, 1)}
+        combiner = train_tiny_combiner(clip)
+        metrics = {"train_seconds": round(time.perf_counter() - start, 1)}
+        _save(COMBINER_NAME, combiner, combiner_config(clip), COMBINER_RECIPE.seed, metrics, root)
+        report[COMBINER_NAME] = metrics
     return report
 
 
 def _save(name: str, model, config: dict, seed: int, metrics: dict, root: Path) -> None:
-    command = f"cirlib train --only {name} --from-scratch"
-    zoo.save_checkpoint(name, model, config, seed, command, metrics, root=root)
+    zoo.save_checkpoint(name, model, config, seed, train_command(name), metrics, root=root)
 
 
 def _clear_resume(name: str) -> None:

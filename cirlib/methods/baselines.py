@@ -36,14 +36,14 @@ def fill(prompt: str, text: str) -> str:
 
 def caption_variants(query: Query) -> list[str]:
     """The text(s) a method encodes for a query: one caption as is; two captions as
-    "c1 and c2" and "c2 and c1" (embeddings averaged by :func:`_mean_over_variants`)."""
+    "c1 and c2" and "c2 and c1" (embeddings averaged by :func:`mean_over_caption_variants`)."""
     texts = [t.strip() for t in query.texts if t.strip()]
     if len(texts) <= 1:
         return [texts[0] if texts else ""]
     return [" and ".join(texts), " and ".join(reversed(texts))]
 
 
-def _mean_over_variants(queries: Sequence[Query], encode) -> torch.Tensor:
+def mean_over_caption_variants(queries: Sequence[Query], encode) -> torch.Tensor:
     """Encode every caption variant of every query in one batch, average per query, normalise."""
     variants = [caption_variants(q) for q in queries]
     flat = [v for vs in variants for v in vs]
@@ -72,7 +72,7 @@ class TextOnly(Method):
         self.prompt = prompt
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
-        return _mean_over_variants(
+        return mean_over_caption_variants(
             queries, lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts])
         )
 
@@ -94,7 +94,7 @@ class SumFusion(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         image = self.reference_features(queries, gallery)
-        text = _mean_over_variants(
+        text = mean_over_caption_variants(
             queries, lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts])
         )
         return F.normalize(self.image_weight * image + (1 - self.image_weight) * text, dim=-1)
@@ -133,4 +133,4 @@ class TextualInversion(Method):
             prompts = [fill(self.prompt, t) for t in texts]
             return self.clip.encode_texts_with_pseudo(prompts, tokens[owner])
 
-        return _mean_over_variants(queries, encode)
+        return mean_over_caption_variants(queries, encode)

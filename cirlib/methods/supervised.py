@@ -8,8 +8,7 @@ and is registered with ``zero_shot=False``; it is trained on the world's *train*
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -19,8 +18,9 @@ from tqdm.auto import tqdm
 
 from cirlib.data.types import Gallery, Query
 from cirlib.methods.base import Method
-from cirlib.methods.baselines import _mean_over_variants
+from cirlib.methods.baselines import mean_over_caption_variants
 from cirlib.models.clip import CLIPModel
+from cirlib.models.tiny import MICRO, default_root, train_command
 from cirlib.retrieval import EmbeddingCache
 
 
@@ -98,7 +98,7 @@ class SupervisedCombiner(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         image = self.reference_features(queries, gallery)
-        text = _mean_over_variants(queries, lambda texts, _: self.clip.encode_texts(texts))
+        text = mean_over_caption_variants(queries, lambda texts, _: self.clip.encode_texts(texts))
         with torch.inference_mode():
             return self.combiner(image, text)
 
@@ -115,17 +115,17 @@ class CombinerRecipe:
 
 
 COMBINER_RECIPE = CombinerRecipe()
-if __import__("os").environ.get("CIRLIB_RECIPES") == "micro":  # see cirlib.models.tiny
+if MICRO:  # seconds-long recipe for pipeline tests, see cirlib.models.tiny
     COMBINER_RECIPE = CombinerRecipe(n_triplets=256, train=CombinerTrainConfig(steps=5, batch_size=64))
 
 
-def _combiner_config(clip: CLIPModel) -> dict:
-    from dataclasses import asdict
-
+def combiner_config(clip: CLIPModel) -> dict:
+    """The recipe plus the CLIP it is trained on: the checkpoint's config (and cache key)."""
     return {**asdict(COMBINER_RECIPE), "clip_hash": clip.hash}
 
 
-def _train(clip: CLIPModel, progress: bool = True) -> Combiner:
+def train_tiny_combiner(clip: CLIPModel, progress: bool = True) -> Combiner:
+    """Train the supervised Combiner of the tiny profile on world train-split triplets."""
     from cirlib.world import training_triplets
 
     data = training_triplets(COMBINER_RECIPE.n_triplets, COMBINER_RECIPE.data_seed)
@@ -141,43 +141,16 @@ def _train(clip: CLIPModel, progress: bool = True) -> Combiner:
         )
 
 
-def train_tiny_combiner(
-    clip: CLIPModel, *, commit: bool = False, progress: bool = True, root: Path | None = None
-) -> Combiner:
-    """Train the supervised Combiner; with ``commit`` store it in ``root`` (default ``data/checkpoints``)."""
-    from cirlib.models import zoo
-
-    combiner = _train(clip, progress)
-    if commit:
-        combiner.clip_hash = clip.hash
-        zoo.save_checkpoint(
-            COMBINER_NAME,
-            combiner,
-            _combiner_config(clip),
-            COMBINER_RECIPE.seed,
-            f"cirlib train --only {COMBINER_NAME} --from-scratch",
-            root=root,
-        )
-    return combiner
-
-
 def load_tiny_combiner(clip: CLIPModel) -> Combiner:
     """The committed supervised Combiner for this CLIP, else trained and cached."""
     from cirlib.models import zoo
 
-    def train() -> Combiner:
-        combiner = _train(clip)
-        combiner.clip_hash = clip.hash
-        return combiner
-
-    from cirlib.models.tiny import default_root
-
     model = zoo.load_or_train(
         COMBINER_NAME,
-        train,
-        config=_combiner_config(clip),
+        lambda: train_tiny_combiner(clip),
+        config=combiner_config(clip),
         seed=COMBINER_RECIPE.seed,
-        command=f"cirlib train --only {COMBINER_NAME} --from-scratch",
+        command=train_command(COMBINER_NAME),
         root=default_root(),
     )
     assert isinstance(model, Combiner)

@@ -74,7 +74,8 @@ SEARLE_RECIPE = SearleRecipe()
 #: ``CIRLIB_RECIPES=micro`` swaps in recipes that train in seconds (pipeline checks and tests that
 #: must not depend on committed checkpoints). Their checkpoints have other config hashes, so they
 #: never mix with the real ones; they are useless for measuring anything.
-if os.environ.get("CIRLIB_RECIPES") == "micro":
+MICRO = os.environ.get("CIRLIB_RECIPES") == "micro"
+if MICRO:
     CLIP_RECIPE = ClipRecipe(
         n_pairs=512, train=CLIPTrainConfig(steps=6, batch_size=64, warmup_steps=2, checkpoint_every=3)
     )
@@ -91,12 +92,11 @@ elif os.environ.get("CIRLIB_RECIPES") not in (None, "", "default"):
 def default_root() -> Path | None:
     """Where :func:`load_tiny` looks: committed then cached checkpoints, or (micro recipes) a cache
     folder of their own, so that micro models never meet the committed registry."""
-    if os.environ.get("CIRLIB_RECIPES") == "micro":
-        return zoo.cache_models_root() / "micro"
-    return None
+    return zoo.cache_models_root() / "micro" if MICRO else None
 
 
-def _command(name: str) -> str:
+def train_command(name: str) -> str:
+    """The command that rebuilds checkpoint ``name`` (recorded in the registry, quoted in errors)."""
     return f"cirlib train --only {name} --from-scratch"
 
 
@@ -139,15 +139,15 @@ def train_tiny_searle(clip: CLIPModel, recipe: SearleRecipe = SEARLE_RECIPE, pro
     return train_phi_distilled(clip, features, tokens, recipe.distil, recipe.seed, progress=progress)
 
 
-#: Models already loaded in this process, by (name, root, recipes): they are immutable, and every
+#: Models already loaded in this process, by (name, root): they are immutable, and every
 #: method of a notebook shares one CLIP instead of reading and hashing it again.
-_LOADED: dict[tuple[str, str, str], CLIPModel | Phi] = {}
+_LOADED: dict[tuple[str, str], CLIPModel | Phi] = {}
 
 
 def load_tiny(name: str, *, root: Path | None = None, progress: bool = True) -> CLIPModel | Phi:
     """A tiny-profile model by checkpoint name: committed if present, else trained and cached."""
     root = default_root() if root is None else root
-    key = (name, str(root), os.environ.get("CIRLIB_RECIPES", ""))
+    key = (name, str(root))
     if key not in _LOADED:
         _LOADED[key] = _load_tiny(name, root, progress)
     return _LOADED[key]
@@ -170,4 +170,6 @@ def _load_tiny(name: str, root: Path | None, progress: bool) -> CLIPModel | Phi:
     else:
         raise KeyError(f"unknown tiny model {name!r}; known: {CLIP_NAME}, {PIC2WORD_NAME}, {SEARLE_NAME}")
     with torch.random.fork_rng():
-        return zoo.load_or_train(name, train, config=config, seed=seed, command=_command(name), root=root)
+        return zoo.load_or_train(
+            name, train, config=config, seed=seed, command=train_command(name), root=root
+        )
