@@ -134,22 +134,63 @@ def _run_score(args: argparse.Namespace) -> int:
 
 def _configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
-    parser.add_argument("--benchmark", choices=("cirr", "circo", "fashioniq"), help="benchmark form")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument(
+        "--benchmark", choices=("cirr", "circo", "fashioniq"), help="tiny: the world's benchmark of that form"
+    )
+    parser.add_argument("--split", choices=("val", "test"), default="val", help="CIRR's test is test1")
     parser.add_argument("--method", help="a name from --list-methods")
     parser.add_argument("--list-methods", action="store_true", help="print the method names and exit")
-    parser.add_argument("--data", type=Path, metavar="DIR", help="paper profile: dataset folder")
-    parser.add_argument("--weights", type=Path, metavar="DIR", help="paper profile: weights folder")
-    parser.add_argument("--n-queries", type=int, help="tiny profile: evaluate the first N queries only")
+    parser.add_argument("--n-queries", type=int, help="evaluate a seeded sample of N queries only")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default runs/<profile>-...)")
+    parser.add_argument(
+        "--index",
+        choices=("exact", "faiss"),
+        default="exact",
+        help="top-k backend (same results; see README)",
+    )
+    paper = parser.add_argument_group("paper profile")
+    paper.add_argument(
+        "--data", type=Path, metavar="DIR", help="dataset folder in upstream layout, with images"
+    )
+    paper.add_argument("--images", type=Path, metavar="DIR", help="image root, if not inside --data")
+    paper.add_argument(
+        "--weights", type=Path, metavar="DIR", help="folder of weight files (or $CIRLIB_WEIGHTS)"
+    )
+    paper.add_argument("--backbone", help="ViT-B-32, ViT-L-14 (default), ViT-g-14 or ViT-bigG-14")
+    paper.add_argument(
+        "--preprocess",
+        choices=("clip", "targetpad"),
+        help="image preprocessing (default: the method's official one: targetpad for searle, clip otherwise)",
+    )
+    paper.add_argument(
+        "--caption-join",
+        choices=("both_orders", "forward", "reversed", "first", "second"),
+        help="FashionIQ: how the two captions become text (default: the method's official choice; "
+        "both orders, embeddings averaged, except Pic2Word's 'c2 and c1')",
+    )
+    paper.add_argument(
+        "--circo-text", choices=("relative", "concept"), default="relative", help="CIRCO query text"
+    )
+    paper.add_argument(
+        "--on-missing",
+        choices=("error", "drop"),
+        default="error",
+        help="missing images: stop with the list (default) or drop the affected queries and say how many",
+    )
+    paper.add_argument("--soft", action="store_true", help="CIRR val: also CIRPLANT soft-label recalls")
+    paper.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    paper.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="CUDA autocast")
+    paper.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
+    paper.add_argument("--workers", type=int, default=4, help="image-decoding worker processes")
 
 
 @command(
     "eval", help="evaluate a method on a benchmark split; prints one JSON object", configure=_configure_eval
 )
 def _run_eval(args: argparse.Namespace) -> int:
-    from cirlib.methods import METHOD_INFO, build_method, list_methods
-
     if args.list_methods:
+        from cirlib.methods import METHOD_INFO, list_methods
+
         for name in list_methods(args.profile):
             profiles, zero_shot, description = METHOD_INFO[name]
             label = "" if zero_shot else " [SUPERVISED]"
@@ -157,29 +198,50 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 0
     if args.benchmark is None or args.method is None:
         raise CLIError("--benchmark and --method are required (or use --list-methods)")
+    from cirlib.run import EvalConfig, RunError, check_paths
+
+    cfg = EvalConfig(
+        **{
+            k: getattr(args, k)
+            for k in (
+                "benchmark", "method", "split", "profile", "data", "images", "weights", "backbone",
+                "preprocess", "caption_join", "circo_text", "on_missing", "index", "device",
+                "precision", "batch_size", "workers", "n_queries", "soft", "out",
+            )
+        }
+    )  # fmt: skip
+    if cfg.soft and (cfg.benchmark != "cirr" or cfg.split != "val"):
+        raise CLIError("--soft is only for --benchmark cirr --split val")
+    try:
+        check_paths(cfg)  # every path, before torch is imported
+    except RunError as err:
+        raise CLIError(str(err)) from None
+    from cirlib.methods import list_methods
+
     if args.method not in list_methods(args.profile):
         raise CLIError(
             f"unknown method {args.method!r} for profile {args.profile}; known: {', '.join(list_methods(args.profile))}"
         )
-    for flag in ("data", "weights"):
-        path = getattr(args, flag)
-        if path is not None and not path.exists():
-            raise CLIError(f"{path}: --{flag} folder not found")
-    if args.profile == "paper":
-        raise CLIError(
-            "the paper profile's real-benchmark evaluation (image loading for CIRR/CIRCO/FashionIQ) is not "
-            "built yet; score your own predictions with `cirlib score` meanwhile"
-        )
-    from cirlib.evaluation import evaluate
-    from cirlib.world import load_world_benchmark
+    from cirlib.data.real import DataNotFoundError, MissingImagesError
+    from cirlib.run import run_eval
 
-    benchmark = load_world_benchmark(args.benchmark, args.split)
-    if args.n_queries:
-        benchmark = benchmark.subsample(args.n_queries)
-    method = build_method(args.method, args.profile)
-    result = evaluate(method, benchmark)
-    log.info("%s on world %s/%s: %d queries", args.method, args.benchmark, args.split, result.n_queries)
-    sys.stdout.write(json.dumps(result.summary) + "\n")
+    try:
+        record = run_eval(cfg)
+    except (MissingImagesError, DataNotFoundError) as err:
+        raise CLIError(str(err)) from None
+    log.info(
+        "%s on %s %s/%s: %d queries; outputs in %s",
+        cfg.method,
+        cfg.profile,
+        cfg.benchmark,
+        cfg.split,
+        record["n_queries"],
+        cfg.output_dir(),
+    )
+    if record["metrics"]:
+        sys.stdout.write(json.dumps(record["metrics"]) + "\n")
+    else:  # a test split: no ground truth, the server files are the result
+        sys.stdout.write(json.dumps({"n_queries": record["n_queries"], "files": record["files"]}) + "\n")
     return 0
 
 

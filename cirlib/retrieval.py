@@ -33,9 +33,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -335,6 +336,21 @@ def content_digest(obj: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ cache
+def file_fingerprints(paths: Sequence[str | Path]) -> list[tuple[int, int]]:
+    """``(size in bytes, modification time in ns)`` of each file: the cache key of image files.
+
+    A file that does not exist raises ``FileNotFoundError`` naming it (galleries are checked for
+    missing images when loaded, so this means a file vanished since)."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: image file not found") from None
+        out.append((st.st_size, st.st_mtime_ns))
+    return out
+
+
 class CacheCorruptionWarning(RuntimeWarning):
     """A cache entry did not match its checksum/shape record and is being recomputed."""
 

@@ -217,6 +217,9 @@ def test_cli_eval_lists_methods(capsys):
     for name in ("image", "text", "sum", "pic2word", "searle", "supervised"):
         assert name in out
     assert "SUPERVISED" in out
+    assert main(["eval", "--list-methods", "--profile", "paper"]) == 0
+    paper = {line.split("\t")[0] for line in capsys.readouterr().out.splitlines()}
+    assert paper == {"image", "text", "sum", "pic2word", "searle", "lincir"}
 
 
 def test_cli_eval_errors_are_one_line(capsys, tmp_path):
@@ -239,7 +242,8 @@ def test_cli_eval_errors_are_one_line(capsys, tmp_path):
         )
         == 2
     )
-    assert "not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not exist" in err and str(tmp_path / "missing") in err
 
 
 def test_cli_eval_runs_with_micro_models(tmp_path, monkeypatch, capsys):
@@ -254,8 +258,12 @@ def test_cli_eval_runs_with_micro_models(tmp_path, monkeypatch, capsys):
         "CIRLIB_THREADS": "1",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "cirlib", "eval", "--benchmark", "circo", "--split", "val", "--method", "pic2word", "--n-queries", "20"],
+        [sys.executable, "-m", "cirlib", "eval", "--benchmark", "circo", "--split", "val", "--method", "pic2word",
+         "--n-queries", "20", "--out", str(tmp_path / "run")],
         capture_output=True, text=True, env=env, check=True, timeout=600,
     )  # fmt: skip
     result = json.loads(out.stdout)
     assert set(result) >= {"map@5", "map@10", "map@25", "map@50", "recall@5"}
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["metrics"] == result and record["n_queries"] == 20
+    assert record["config"]["profile"] == "tiny" and record["throughput"]["queries_per_s"] > 0

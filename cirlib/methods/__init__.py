@@ -18,9 +18,19 @@ from cirlib.methods.baselines import (
     caption_variants,
 )
 from cirlib.models.clip import CLIPModel
+from cirlib.models.weights import DEFAULT_BACKBONE
 
 
-def _clip(profile: str, backbone: str | None, weights: Path | str | None) -> CLIPModel:
+def _clip(
+    profile: str,
+    backbone: str | None,
+    weights: Path | str | None,
+    *,
+    preprocess: str | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    **_,
+) -> CLIPModel:
     if profile == "tiny":
         from cirlib.models.tiny import CLIP_NAME, load_tiny
 
@@ -29,22 +39,25 @@ def _clip(profile: str, backbone: str | None, weights: Path | str | None) -> CLI
         return clip
     from cirlib.models.paper import load_clip
 
-    return load_clip(backbone or "ViT-L-14", profile="paper", weights=weights)
+    clip = load_clip(
+        backbone or DEFAULT_BACKBONE, profile="paper", weights=weights, preprocess=preprocess or "clip"
+    )
+    return clip.to(device, precision)  # type: ignore[arg-type]
 
 
 @register("image", description="reference image alone (modality-redundancy probe)")
-def _image(profile: str = "tiny", backbone: str | None = None, weights=None, **_) -> Method:
-    return ImageOnly(_clip(profile, backbone, weights))
+def _image(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    return ImageOnly(_clip(profile, backbone, weights, **options))
 
 
 @register("text", description="modification text alone (modality-redundancy probe)")
-def _text(profile: str = "tiny", backbone: str | None = None, weights=None, **_) -> Method:
-    return TextOnly(_clip(profile, backbone, weights))
+def _text(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    return TextOnly(_clip(profile, backbone, weights, **options))
 
 
 @register("sum", description="normalize(image + text) late fusion")
-def _sum(profile: str = "tiny", backbone: str | None = None, weights=None, **_) -> Method:
-    return SumFusion(_clip(profile, backbone, weights))
+def _sum(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    return SumFusion(_clip(profile, backbone, weights, **options))
 
 
 def _tiny_phi(name: str):
@@ -53,8 +66,39 @@ def _tiny_phi(name: str):
     return load_tiny(name)
 
 
-@register("pic2word", profiles=("tiny",), description="Pic2Word-style phi trained on images only")
-def _pic2word(profile: str = "tiny", **_) -> Method:
+#: FashionIQ caption order of a release -> our caption join (Pic2Word encodes "c2 and c1" once).
+_RELEASED_JOIN = {"both_orders": "both_orders", "second_first": "reversed"}
+
+
+def _released(
+    method: str,
+    backbone: str | None,
+    weights,
+    form: str | None = None,
+    device: str = "cpu",
+    preprocess: str | None = None,
+    **options,
+) -> Method:
+    """A textual-inversion method from a publicly released phi checkpoint (paper profile), set up
+    as its official evaluation is: prompt per benchmark, preprocessing, FashionIQ caption handling."""
+    from cirlib.models.released import load_released_phi, released_for
+
+    spec = released_for(method, backbone or DEFAULT_BACKBONE)
+    phi = load_released_phi(spec, weights).to(device)
+    clip = _clip(
+        "paper", spec.backbone, weights, device=device, preprocess=preprocess or spec.preprocess, **options
+    )
+    prompt = spec.prompt(form) if form else PIC2WORD_PROMPT
+    inversion = TextualInversion(clip, phi, prompt, name=method, phi_input_normalized=spec.input_normalized)
+    inversion.caption_join = _RELEASED_JOIN[spec.fashioniq_captions]
+    inversion.caption_strip = ".?, " if spec.fashioniq_captions == "both_orders" else None
+    return inversion
+
+
+@register("pic2word", description="Pic2Word phi (tiny: trained here on images only; paper: released)")
+def _pic2word(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    if profile == "paper":
+        return _released("pic2word", backbone, weights, **options)
     from cirlib.models.tiny import PIC2WORD_NAME
 
     return TextualInversion(
@@ -62,13 +106,20 @@ def _pic2word(profile: str = "tiny", **_) -> Method:
     )
 
 
-@register("searle", profiles=("tiny",), description="SEARLE-style OTI distilled into phi")
-def _searle(profile: str = "tiny", **_) -> Method:
+@register("searle", description="SEARLE phi, OTI distilled (tiny: trained here; paper: released)")
+def _searle(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    if profile == "paper":
+        return _released("searle", backbone, weights, **options)
     from cirlib.models.tiny import SEARLE_NAME
 
     return TextualInversion(
         _clip(profile, None, None), _tiny_phi(SEARLE_NAME), PIC2WORD_PROMPT, name="searle"
     )
+
+
+@register("lincir", profiles=("paper",), description="LinCIR phi trained on text only (released)")
+def _lincir(profile: str = "paper", backbone: str | None = None, weights=None, **options) -> Method:
+    return _released("lincir", backbone, weights, **options)
 
 
 @register(

@@ -34,18 +34,36 @@ def fill(prompt: str, text: str) -> str:
     return prompt.replace("{text}", text)
 
 
-def caption_variants(query: Query) -> list[str]:
-    """The text(s) a method encodes for a query: one caption as is; two captions as
-    "c1 and c2" and "c2 and c1" (embeddings averaged by :func:`mean_over_caption_variants`)."""
-    texts = [t.strip() for t in query.texts if t.strip()]
+#: How a query with two captions (FashionIQ) becomes text. ``both_orders`` (default) encodes
+#: "c1 and c2" and "c2 and c1" and averages the two embeddings, as SEARLE's FashionIQ evaluation and
+#: CIG's code do; ``forward`` / ``reversed`` keep one order; ``first`` / ``second`` one caption.
+#: Plain concatenation is known to cost reproductions a lot (sotayang/SEIZE#2, REFERENCE.md), so the
+#: choice is explicit and recorded with every result. Queries with one caption ignore it.
+CAPTION_JOINS: tuple[str, ...] = ("both_orders", "forward", "reversed", "first", "second")
+
+
+def caption_variants(query: Query, join: str = "both_orders", strip: str | None = None) -> list[str]:
+    """The text(s) a method encodes for a query (embeddings averaged by
+    :func:`mean_over_caption_variants`); see :data:`CAPTION_JOINS`. Each caption is stripped of
+    whitespace, or of the characters ``strip`` (SEARLE and LinCIR strip ``".?, "`` from FashionIQ
+    captions); empty captions (FashionIQ has a few) are skipped."""
+    if join not in CAPTION_JOINS:
+        raise ValueError(f"unknown caption join {join!r}; expected one of {', '.join(CAPTION_JOINS)}")
+    cleaned = [t.strip(strip) for t in query.texts]
+    texts = [t for t in cleaned if t]
     if len(texts) <= 1:
         return [texts[0] if texts else ""]
-    return [" and ".join(texts), " and ".join(reversed(texts))]
+    if join == "first" or join == "second":
+        return [cleaned[0 if join == "first" else 1] or texts[0]]
+    forward, backward = " and ".join(texts), " and ".join(reversed(texts))
+    return {"both_orders": [forward, backward], "forward": [forward], "reversed": [backward]}[join]
 
 
-def mean_over_caption_variants(queries: Sequence[Query], encode) -> torch.Tensor:
+def mean_over_caption_variants(
+    queries: Sequence[Query], encode, join: str = "both_orders", strip: str | None = None
+) -> torch.Tensor:
     """Encode every caption variant of every query in one batch, average per query, normalise."""
-    variants = [caption_variants(q) for q in queries]
+    variants = [caption_variants(q, join, strip) for q in queries]
     flat = [v for vs in variants for v in vs]
     owner = torch.tensor([i for i, vs in enumerate(variants) for _ in vs])
     features = encode(flat, owner)
@@ -73,7 +91,10 @@ class TextOnly(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         return mean_over_caption_variants(
-            queries, lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts])
+            queries,
+            lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts]),
+            self.caption_join,
+            self.caption_strip,
         )
 
 
@@ -95,7 +116,10 @@ class SumFusion(Method):
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         image = self.reference_features(queries, gallery)
         text = mean_over_caption_variants(
-            queries, lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts])
+            queries,
+            lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts]),
+            self.caption_join,
+            self.caption_strip,
         )
         return F.normalize(self.image_weight * image + (1 - self.image_weight) * text, dim=-1)
 
@@ -113,18 +137,23 @@ class TextualInversion(Method):
         prompt: str = PIC2WORD_PROMPT,
         cache: EmbeddingCache | None = None,
         name: str | None = None,
+        phi_input_normalized: bool = True,
     ) -> None:
         super().__init__(clip, cache)
         if prompt.count(PLACEHOLDER) != 1 or "{text}" not in prompt:
             raise ValueError(f"prompt {prompt!r} must contain {PLACEHOLDER!r} once and '{{text}}'")
         self.phi = phi.eval()
         self.prompt = prompt
+        #: Our phis take L2-normalised image features; every released phi takes raw ones.
+        self.phi_input_normalized = phi_input_normalized
         if name is not None:
             self.name = name  # type: ignore[misc]
 
     def pseudo_tokens(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
+        features = self.reference_features(queries, gallery, normalized=self.phi_input_normalized)
+        device = next(self.phi.parameters()).device
         with torch.inference_mode():
-            return self.phi(self.reference_features(queries, gallery))
+            return self.phi(features.to(device)).float().cpu()
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         tokens = self.pseudo_tokens(queries, gallery)
@@ -133,4 +162,4 @@ class TextualInversion(Method):
             prompts = [fill(self.prompt, t) for t in texts]
             return self.clip.encode_texts_with_pseudo(prompts, tokens[owner])
 
-        return mean_over_caption_variants(queries, encode)
+        return mean_over_caption_variants(queries, encode, self.caption_join, self.caption_strip)

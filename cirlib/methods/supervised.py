@@ -98,7 +98,9 @@ class SupervisedCombiner(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         image = self.reference_features(queries, gallery)
-        text = mean_over_caption_variants(queries, lambda texts, _: self.clip.encode_texts(texts))
+        text = mean_over_caption_variants(
+            queries, lambda texts, _: self.clip.encode_texts(texts), self.caption_join, self.caption_strip
+        )
         with torch.inference_mode():
             return self.combiner(image, text)
 

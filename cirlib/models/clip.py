@@ -149,6 +149,8 @@ class CLIPModel:
         self.training_losses: list[float] = []
         self._hash: str | None = None
         self._pil_transform: Callable[[Any], torch.Tensor] | None = None
+        self.device = torch.device("cpu")
+        self.precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
     # ----------------------------------------------------------------- properties
     @property
@@ -181,6 +183,32 @@ class CLIPModel:
             )
         return self._hash
 
+    @property
+    def compute_signature(self) -> dict[str, str]:
+        """Where and how encoders run: part of every embedding-cache key, since a GPU or a lower
+        precision changes the numbers slightly and a shared cache must not mix them."""
+        return {"device": self.device.type, "precision": self.precision}
+
+    def to(
+        self, device: str | torch.device, precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    ) -> CLIPModel:
+        """Move the model to ``device``; ``precision`` fp16/bf16 runs the encoders under CUDA autocast
+        (weights stay float32, as open_clip's own ``amp`` precision does). Returns ``self``."""
+        device = torch.device(device)
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        if precision != "fp32" and device.type != "cuda":
+            raise ValueError(f"precision {precision} needs a CUDA device, not {device}")
+        self.model.to(device)
+        self.device, self.precision = device, precision
+        return self
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
     def __repr__(self) -> str:
         return (
             f"CLIPModel(name={self.name!r}, profile={self.profile!r}, embed_dim={self.embed_dim}, "
@@ -197,32 +225,113 @@ class CLIPModel:
     def _preprocess_pil(self, images: np.ndarray | Sequence[Any]) -> torch.Tensor:
         from PIL import Image
 
-        if self._pil_transform is None:
-            cfg = open_clip.transform.PreprocessCfg(**self.preprocess_cfg)
-            self._pil_transform = open_clip.transform.image_transform_v2(cfg, is_train=False)
+        transform = self.pil_transform
         out = []
         for im in images:
             if isinstance(im, np.ndarray):
                 _check_uint8_image(im)
                 im = Image.fromarray(im)
-            out.append(self._pil_transform(im.convert("RGB")))
+            out.append(transform(im.convert("RGB")))
         return torch.stack(out)
 
+    @property
+    def pil_transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> normalised ``[3,S,S]`` tensor: open_clip's inference transform, or SEARLE's
+        ``targetpad`` variant when ``preprocess_cfg`` has ``resize_mode="targetpad"`` (see
+        :func:`targetpad_transform`). Picklable, so DataLoader workers can use it."""
+        if self._pil_transform is None:
+            cfg = dict(self.preprocess_cfg)
+            if cfg.get("resize_mode") == "targetpad":
+                self._pil_transform = targetpad_transform(
+                    self.image_size,
+                    cfg.get("target_ratio", TARGETPAD_RATIO),
+                    cfg.get("mean", OPENAI_MEAN),
+                    cfg.get("std", OPENAI_STD),
+                )
+            else:
+                cfg.pop("target_ratio", None)
+                self._pil_transform = open_clip.transform.image_transform_v2(
+                    open_clip.transform.PreprocessCfg(**cfg), is_train=False
+                )
+        return self._pil_transform
+
     def encode_images(
-        self, images: np.ndarray | Sequence[Any], batch_size: int = 256, *, progress: bool | None = None
+        self,
+        images: np.ndarray | Sequence[Any],
+        batch_size: int = 256,
+        *,
+        progress: bool | None = None,
+        normalize: bool = True,
     ) -> torch.Tensor:
-        """L2-normalised image embeddings ``[N, D]`` of uint8 RGB images ``[N,H,W,3]``."""
+        """Image embeddings ``[N, D]`` of uint8 RGB images ``[N,H,W,3]``, L2-normalised unless
+        ``normalize=False`` (the released phi networks take the raw features)."""
         if self.preprocess == "tensor":
             _check_uint8_batch(images)
         n = len(images)
         chunks = []
         show = progress if progress is not None else n > 4 * batch_size
-        with torch.inference_mode():
-            for start in tqdm(range(0, n, batch_size), desc="encode images", disable=not show):
-                x = self.preprocess_images(images[start : start + batch_size])
-                chunks.append(F.normalize(self.model.encode_image(x), dim=-1))
-            out = torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim)
-        return out.clone()
+        for start in tqdm(range(0, n, batch_size), desc="encode images", disable=not show):
+            chunks.append(
+                self.encode_pixels(self.preprocess_images(images[start : start + batch_size]), normalize)
+            )
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim)
+
+    def encode_pixels(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Embeddings of preprocessed images ``[N,3,S,S]``, float32 on the CPU. ``x`` is either
+        normalised float, or uint8 straight from :meth:`_file_transform` (scaled and normalised
+        here, on the model's device: a quarter of the bytes cross from the decoding workers)."""
+        with torch.inference_mode(), self._autocast():
+            x = x.to(self.device, non_blocking=True)
+            if x.dtype == torch.uint8:
+                mean, std = self._uint8_stats
+                x = x.float().div_(255).sub_(mean.to(x.device)).div_(std.to(x.device))
+            features = self.model.encode_image(x).float()
+            if normalize:
+                features = F.normalize(features, dim=-1)
+        return features.cpu().clone()
+
+    def _file_transform(self) -> Callable[[Any], torch.Tensor]:
+        """:attr:`pil_transform` with its final to-tensor and normalise steps replaced by a uint8
+        conversion, when it ends with them (open_clip's and targetpad's transforms do); the same
+        arithmetic then runs in :meth:`encode_pixels`, so the features are unchanged."""
+        from torchvision import transforms as T
+
+        steps = list(getattr(self.pil_transform, "transforms", []))
+        if len(steps) >= 2 and isinstance(steps[-1], T.Normalize) and "ToTensor" in type(steps[-2]).__name__:
+            self._uint8_stats = (
+                torch.tensor(steps[-1].mean, dtype=torch.float32).view(1, 3, 1, 1),
+                torch.tensor(steps[-1].std, dtype=torch.float32).view(1, 3, 1, 1),
+            )
+            return T.Compose([*steps[:-2], _to_uint8_chw])
+        return self.pil_transform
+
+    def encode_image_files(
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int = 64,
+        *,
+        num_workers: int = 0,
+        progress: bool | None = None,
+        normalize: bool = True,
+        desc: str = "encode images",
+    ) -> torch.Tensor:
+        """Embeddings ``[N, D]`` of image files, decoded and preprocessed (:attr:`pil_transform`) in
+        ``num_workers`` DataLoader workers. A file that cannot be read raises :class:`ImageFileError`
+        naming it: an image never silently drops out of a gallery (PROTOCOLS §6.9)."""
+        if self.preprocess != "pil":
+            raise ValueError("encode_image_files needs a CLIPModel with preprocess='pil' (the paper profile)")
+        loader = torch.utils.data.DataLoader(
+            _ImageFiles([str(p) for p in paths], self._file_transform()),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        show = progress if progress is not None else len(paths) > 4 * batch_size
+        chunks = [
+            self.encode_pixels(x, normalize)
+            for x in tqdm(loader, desc=desc, total=len(loader), disable=not show, unit="batch")
+        ]
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim)
 
     # ----------------------------------------------------------------- texts
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -237,11 +346,12 @@ class CLIPModel:
         """L2-normalised text embeddings ``[N, D]``."""
         tokens = self.tokenize(texts)
         chunks = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for start in tqdm(
                 range(0, len(tokens), batch_size), desc="encode texts", disable=len(tokens) <= 4 * batch_size
             ):
-                chunks.append(F.normalize(self.model.encode_text(tokens[start : start + batch_size]), dim=-1))
+                batch = tokens[start : start + batch_size].to(self.device)
+                chunks.append(F.normalize(self.model.encode_text(batch).float(), dim=-1).cpu())
             out = torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim)
         return out.clone()
 
@@ -318,12 +428,13 @@ class CLIPModel:
                 f"pseudo tokens must have shape [{len(texts)}, {self.token_dim}], got {list(pseudo.shape)}"
             )
         chunks = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for start in range(0, len(tokens), batch_size):
                 sl = slice(start, start + batch_size)
-                chunks.append(
-                    F.normalize(self.text_features_with_pseudo(tokens[sl], positions[sl], pseudo[sl]), dim=-1)
+                features = self.text_features_with_pseudo(
+                    tokens[sl].to(self.device), positions[sl].to(self.device), pseudo[sl].to(self.device)
                 )
+                chunks.append(F.normalize(features.float(), dim=-1).cpu())
             out = torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim)
         return out.clone()
 
@@ -336,8 +447,85 @@ class CLIPModel:
                 raise ValueError(f"word {w!r} is {len(enc)} tokens {enc}, not one")
             ids.append(enc[0])
         with torch.inference_mode():
-            out = self.model.token_embedding.weight[torch.tensor(ids, dtype=torch.long)]
-        return out.clone()
+            out = self.model.token_embedding.weight[torch.tensor(ids, dtype=torch.long, device=self.device)]
+        return out.cpu().clone()
+
+
+# --------------------------------------------------------------------------- image files
+class ImageFileError(OSError):
+    """An image file of a gallery is missing or cannot be decoded; the message names the file."""
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Paths -> preprocessed tensors, for a DataLoader (module level so workers can pickle it)."""
+
+    def __init__(self, paths: list[str], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                return self.transform(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise ImageFileError(f"{path}: cannot read this image ({err})") from None
+
+
+def _to_uint8_chw(image: Any) -> torch.Tensor:
+    """PIL image -> uint8 tensor ``[3, H, W]`` (RGB)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+#: SEARLE's ``targetpad`` ratio (its scripts' default ``--target-ratio 1.25``).
+TARGETPAD_RATIO = 1.25
+
+
+class TargetPad:
+    """Pad an image symmetrically with black to aspect ratio ``target_ratio`` when it is more
+    elongated than that, so that the centre crop that follows keeps the whole object (SEARLE's and
+    CLIP4Cir's ``targetpad`` preprocessing; FashionIQ products are tall, CIRR pairs wide)."""
+
+    def __init__(self, target_ratio: float = TARGETPAD_RATIO) -> None:
+        if target_ratio < 1:
+            raise ValueError(f"target_ratio must be >= 1, got {target_ratio}")
+        self.target_ratio = target_ratio
+
+    def __call__(self, image: Any) -> Any:
+        from PIL import ImageOps
+
+        w, h = image.size
+        if max(w, h) / min(w, h) < self.target_ratio:
+            return image
+        side = max(w, h) / self.target_ratio  # the short side after padding
+        pad_x = max(int((side - w) / 2), 0)
+        pad_y = max(int((side - h) / 2), 0)
+        return ImageOps.expand(image, border=(pad_x, pad_y, pad_x, pad_y), fill=0)
+
+
+def targetpad_transform(
+    image_size: int,
+    target_ratio: float = TARGETPAD_RATIO,
+    mean: Sequence[float] = OPENAI_MEAN,
+    std: Sequence[float] = OPENAI_STD,
+) -> Callable[[Any], torch.Tensor]:
+    """``TargetPad`` then bicubic resize of the short side, centre crop, tensor, normalise."""
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            TargetPad(target_ratio),
+            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(tuple(mean), tuple(std)),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- helpers
