@@ -158,6 +158,12 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     )
     paper.add_argument("--backbone", help="ViT-B-32, ViT-L-14 (default), ViT-g-14 or ViT-bigG-14")
     paper.add_argument(
+        "--phi",
+        metavar="NAME",
+        help="pic2word/searle/lincir: a released phi by name, e.g. cig-lincir-vit-l14 "
+        "(default: the method's own release for the backbone; see cirlib.models.released)",
+    )
+    paper.add_argument(
         "--preprocess",
         choices=("clip", "targetpad"),
         help="image preprocessing (default: the method's official one: targetpad for searle, clip otherwise)",
@@ -204,7 +210,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         **{
             k: getattr(args, k)
             for k in (
-                "benchmark", "method", "split", "profile", "data", "images", "weights", "backbone",
+                "benchmark", "method", "split", "profile", "data", "images", "weights", "backbone", "phi",
                 "preprocess", "caption_join", "circo_text", "on_missing", "index", "device",
                 "precision", "batch_size", "workers", "n_queries", "soft", "out",
             )
@@ -222,12 +228,22 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise CLIError(
             f"unknown method {args.method!r} for profile {args.profile}; known: {', '.join(list_methods(args.profile))}"
         )
-    from cirlib.data.real import DataNotFoundError, MissingImagesError
+    from cirlib.data.annotations import AnnotationError
+    from cirlib.data.real import DataLayoutError, DataNotFoundError, MissingImagesError
+    from cirlib.models.clip import ImageFileError
+    from cirlib.models.released import ReleasedWeightsError
     from cirlib.run import run_eval
 
     try:
         record = run_eval(cfg)
-    except (MissingImagesError, DataNotFoundError) as err:
+    except (
+        AnnotationError,
+        DataLayoutError,
+        DataNotFoundError,
+        ImageFileError,
+        MissingImagesError,
+        ReleasedWeightsError,
+    ) as err:  # bad input, named in the message: one line, status 2
         raise CLIError(str(err)) from None
     log.info(
         "%s on %s %s/%s: %d queries; outputs in %s",

@@ -43,6 +43,7 @@ class EvalConfig:
     images: Path | None = None
     weights: Path | None = None
     backbone: str | None = None
+    phi: str | None = None  # paper: a released phi by name (default: the method's own for the backbone)
     preprocess: str | None = None  # paper: None means the method's official choice
     caption_join: str | None = None  # None: the method's own (both orders; Pic2Word: reversed)
     circo_text: str = "relative"
@@ -60,6 +61,10 @@ class EvalConfig:
     def resolved_backbone(self) -> str | None:
         if self.profile == "tiny":
             return None
+        if self.phi and not self.backbone:
+            from cirlib.models.released import released_phi
+
+            return released_phi(self.phi).backbone
         from cirlib.models.weights import DEFAULT_BACKBONE
 
         return self.backbone or DEFAULT_BACKBONE
@@ -111,11 +116,19 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
     except DataNotFoundError as err:
         raise RunError(str(err)) from None
     found: dict[str, Any] = {"layout": layout}
+    if cfg.phi and cfg.method not in RELEASED_PHI_METHODS:
+        raise RunError(f"--phi is for the methods {', '.join(RELEASED_PHI_METHODS)}, not {cfg.method}")
     try:
         if cfg.method in RELEASED_PHI_METHODS:
-            from cirlib.models.released import released_for, resolve_phi_weights
+            from cirlib.models.released import released_for, released_phi, resolve_phi_weights
 
-            spec = released_for(cfg.method, cfg.resolved_backbone())
+            spec = released_phi(cfg.phi) if cfg.phi else released_for(cfg.method, cfg.resolved_backbone())
+            if spec.method != cfg.method:
+                raise RunError(f"--phi {cfg.phi} is a {spec.method} network, not {cfg.method}")
+            if cfg.backbone and spec.backbone != cfg.backbone:
+                raise RunError(
+                    f"--phi {cfg.phi} was trained for {spec.backbone}, not --backbone {cfg.backbone}"
+                )
             found["phi_weights"] = resolve_phi_weights(spec, cfg.weights)
             found["clip_weights"] = resolve_weights(spec.backbone, cfg.weights)
         else:
@@ -165,13 +178,15 @@ def build(cfg: EvalConfig):
     options: dict[str, Any] = {}
     if cfg.profile == "paper":
         options = {
-            "backbone": cfg.backbone,
+            "backbone": cfg.resolved_backbone(),
             "weights": cfg.weights,
             "preprocess": cfg.preprocess,
             "device": cfg.resolved_device(),
             "precision": cfg.precision,
             "form": cfg.benchmark,
         }
+        if cfg.phi:
+            options["phi"] = cfg.phi
     method = build_method(cfg.method, cfg.profile, **options)
     if cfg.caption_join is not None:
         method.caption_join = cfg.caption_join

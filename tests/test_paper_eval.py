@@ -399,3 +399,49 @@ def test_file_encoding_sends_uint8_and_matches_the_float_transform(tiny_backbone
         x = torch.stack([clip.pil_transform(Image.open(p).convert("RGB")) for p in paths])
         reference = clip.model.encode_image(x)
     assert torch.allclose(via_files, reference, atol=1e-6)
+
+
+def test_corrupt_phi_file_and_image_are_one_line_errors(
+    released_test_phis, cirr_data, cache, tmp_path, capsys
+):
+    import shutil
+
+    weights = tmp_path / "weights"
+    shutil.copytree(released_test_phis, weights)
+    (weights / "searle-xl-vit-l14-test.pt").write_bytes(b"garbage")
+    base = ["eval", "--profile", "paper", "--benchmark", "cirr", "--data", str(cirr_data), "--backbone", TEST_ARCH,
+            "--device", "cpu", "--workers", "0", "--n-queries", "5", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main([*base, "--method", "searle", "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "searle-xl-vit-l14-test.pt" in err
+    data = tmp_path / "cirr"
+    shutil.copytree(cirr_data, data)
+    broken = sorted((data / "dev").iterdir())[0]
+    broken.write_bytes(b"not an image")
+    assert (
+        main([*base[:5], "--data", str(data), *base[7:], "--method", "image", "--weights", str(weights)]) == 2
+    )
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("cirlib eval: error: ") and broken.name in last and "cannot read" in last
+
+
+def test_a_released_phi_can_be_chosen_by_name(cirr_data, tmp_path):
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    base = [
+        "eval",
+        "--profile",
+        "paper",
+        "--benchmark",
+        "cirr",
+        "--data",
+        str(cirr_data),
+        "--weights",
+        str(empty),
+    ]
+    rc, err, torch_imported = _cli_in_subprocess([*base, "--method", "lincir", "--phi", "cig-lincir-vit-l14"])
+    assert rc == 2 and not torch_imported and str(empty / "phi_best.pt") in err
+    rc, err, _ = _cli_in_subprocess([*base, "--method", "lincir", "--phi", "searle-xl-vit-l14"])
+    assert rc == 2 and "is a searle network" in err
+    rc, err, _ = _cli_in_subprocess([*base, "--method", "lincir", "--phi", "nope"])
+    assert rc == 2 and "unknown released phi" in err and "cig-lincir-vit-l14" in err
