@@ -55,17 +55,11 @@ def _random_released_phi(method: str, backbone: str, folder: Path) -> None:
     layout and container as the public file), so the released-phi path runs without the file."""
     import torch
 
-    from cirlib.models.phi import Phi
-    from cirlib.models.released import released_for
+    from cirlib.models.released import released_for, to_upstream_checkpoint
 
     spec = released_for(method, backbone)
     torch.manual_seed(0)
-    ours = Phi(**spec.arch).state_dict()
-    prefix = "module." if spec.layout == "pic2word" else ""
-    torch.save(
-        {spec.container: {prefix + up: ours[mine] for up, mine in spec.key_map().items()}},
-        folder / spec.filename,
-    )
+    torch.save(to_upstream_checkpoint(spec, spec.build().state_dict()), folder / spec.filename)
 
 
 def _run(cfg, repeat: int) -> list[dict]:

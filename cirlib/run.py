@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class EvalConfig:
     n_queries: int | None = None
     soft: bool = False
     out: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_backbone(self) -> str | None:
         if self.profile == "tiny":
@@ -120,20 +119,14 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
         raise RunError(f"--phi is for the methods {', '.join(RELEASED_PHI_METHODS)}, not {cfg.method}")
     try:
         if cfg.method in RELEASED_PHI_METHODS:
-            from cirlib.models.released import released_for, released_phi, resolve_phi_weights
+            from cirlib.models.released import resolve_phi_weights, select_released
 
-            spec = released_phi(cfg.phi) if cfg.phi else released_for(cfg.method, cfg.resolved_backbone())
-            if spec.method != cfg.method:
-                raise RunError(f"--phi {cfg.phi} is a {spec.method} network, not {cfg.method}")
-            if cfg.backbone and spec.backbone != cfg.backbone:
-                raise RunError(
-                    f"--phi {cfg.phi} was trained for {spec.backbone}, not --backbone {cfg.backbone}"
-                )
+            spec = select_released(cfg.method, cfg.resolved_backbone(), cfg.phi)
             found["phi_weights"] = resolve_phi_weights(spec, cfg.weights)
             found["clip_weights"] = resolve_weights(spec.backbone, cfg.weights)
         else:
             found["clip_weights"] = resolve_weights(cfg.resolved_backbone(), cfg.weights)
-    except (MissingWeightsError, KeyError) as err:
+    except (MissingWeightsError, KeyError, ValueError) as err:
         raise RunError(str(err).strip('"')) from None
     return found
 

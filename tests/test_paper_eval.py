@@ -306,20 +306,17 @@ def released_test_phis(tiny_backbone) -> Path:
     import dataclasses
 
     from cirlib.models import released
-    from cirlib.models.phi import Phi
 
     added = []
-    for name in ("searle-xl-vit-l14", "pic2word-vit-l14"):
-        real = released.RELEASED_PHIS[name]
+    # "searle-alt-test" is a second SEARLE release for the same backbone: only --phi reaches it
+    for name, real_name in [("searle-xl-vit-l14-test", "searle-xl-vit-l14"), ("pic2word-vit-l14-test", "pic2word-vit-l14"),
+                            ("searle-alt-test", "searle-xl-vit-l14")]:  # fmt: skip
+        real = released.RELEASED_PHIS[real_name]
         arch = {**real.arch, "input_dim": 16, "output_dim": 16, "hidden_dim": 24}
-        spec = dataclasses.replace(
-            real, name=f"{name}-test", backbone=TEST_ARCH, filename=f"{name}-test.pt", arch=arch
-        )
-        torch.manual_seed(1)
-        ours = Phi(**arch).state_dict()
-        prefix = "module." if spec.layout == "pic2word" else ""
-        upstream = {prefix + up: ours[mine] for up, mine in spec.key_map().items()}
-        torch.save({spec.container: upstream, "epoch": 3}, tiny_backbone / spec.filename)
+        spec = dataclasses.replace(real, name=name, backbone=TEST_ARCH, filename=f"{name}.pt", arch=arch)
+        torch.manual_seed(len(added))
+        checkpoint = released.to_upstream_checkpoint(spec, spec.build().state_dict())
+        torch.save({**checkpoint, "epoch": 3}, tiny_backbone / spec.filename)
         released.RELEASED_PHIS[spec.name] = spec
         added.append(spec.name)
     yield tiny_backbone
@@ -445,3 +442,18 @@ def test_a_released_phi_can_be_chosen_by_name(cirr_data, tmp_path):
     assert rc == 2 and "is a searle network" in err
     rc, err, _ = _cli_in_subprocess([*base, "--method", "lincir", "--phi", "nope"])
     assert rc == 2 and "unknown released phi" in err and "cig-lincir-vit-l14" in err
+
+
+def test_phi_option_loads_the_named_release(released_test_phis, cirr_data, cache, tmp_path):
+    from cirlib.run import build
+
+    default = build(_cfg("cirr", cirr_data, released_test_phis, tmp_path / "o1", method="searle"))
+    chosen = build(
+        _cfg("cirr", cirr_data, released_test_phis, tmp_path / "o2", method="searle", phi="searle-alt-test")
+    )
+    assert Path(default.phi.weights_path).name == "searle-xl-vit-l14-test.pt"
+    assert Path(chosen.phi.weights_path).name == "searle-alt-test.pt"
+    assert not torch.equal(default.phi.fc_out.weight, chosen.phi.fc_out.weight)
+    record = run_eval(_cfg("cirr", cirr_data, released_test_phis, tmp_path / "o3", method="searle",
+                           phi="searle-alt-test", n_queries=20))  # fmt: skip
+    assert Path(record["weights"]["phi_weights"]).name == "searle-alt-test.pt"

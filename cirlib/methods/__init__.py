@@ -29,7 +29,7 @@ def _clip(
     preprocess: str | None = None,
     device: str = "cpu",
     precision: str = "fp32",
-    **_,
+    form: str | None = None,  # the benchmark form: no effect on the CLIP (prompts depend on it)
 ) -> CLIPModel:
     if profile == "tiny":
         from cirlib.models.tiny import CLIP_NAME, load_tiny
@@ -60,12 +60,6 @@ def _sum(profile: str = "tiny", backbone: str | None = None, weights=None, **opt
     return SumFusion(_clip(profile, backbone, weights, **options))
 
 
-def _tiny_phi(name: str):
-    from cirlib.models.tiny import load_tiny
-
-    return load_tiny(name)
-
-
 #: FashionIQ caption order of a release -> our caption join (Pic2Word encodes "c2 and c1" once).
 _RELEASED_JOIN = {"both_orders": "both_orders", "second_first": "reversed"}
 
@@ -74,47 +68,60 @@ def _released(
     method: str,
     backbone: str | None,
     weights,
+    *,
+    phi: str | None = None,
     form: str | None = None,
-    device: str = "cpu",
     preprocess: str | None = None,
-    **options,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> Method:
-    """A textual-inversion method from a publicly released phi checkpoint (paper profile), set up
-    as its official evaluation is: prompt per benchmark, preprocessing, FashionIQ caption handling."""
-    from cirlib.models.released import load_released_phi, released_for
+    """A textual-inversion method from a publicly released phi checkpoint (paper profile; ``phi``
+    names one, else the method's own release for ``backbone``), set up as its official evaluation
+    is: prompt per benchmark, preprocessing, FashionIQ caption handling."""
+    from cirlib.models.released import load_released_phi, select_released
 
-    spec = released_for(method, backbone or DEFAULT_BACKBONE)
-    phi = load_released_phi(spec, weights).to(device)
+    spec = select_released(method, backbone, phi)
+    network = load_released_phi(spec, weights).to(device)
     clip = _clip(
-        "paper", spec.backbone, weights, device=device, preprocess=preprocess or spec.preprocess, **options
+        "paper",
+        spec.backbone,
+        weights,
+        preprocess=preprocess or spec.preprocess,
+        device=device,
+        precision=precision,
     )
     prompt = spec.prompt(form) if form else PIC2WORD_PROMPT
-    inversion = TextualInversion(clip, phi, prompt, name=method, phi_input_normalized=spec.input_normalized)
+    inversion = TextualInversion(
+        clip, network, prompt, name=method, phi_input_normalized=spec.input_normalized
+    )
     inversion.caption_join = _RELEASED_JOIN[spec.fashioniq_captions]
     inversion.caption_strip = ".?, " if spec.fashioniq_captions == "both_orders" else None
     return inversion
 
 
-@register("pic2word", description="Pic2Word phi (tiny: trained here on images only; paper: released)")
-def _pic2word(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+def _inversion(method: str, tiny_checkpoint: str, profile: str, backbone, weights, options) -> Method:
+    """Pic2Word / SEARLE: the phi trained here on the world (tiny) or the released one (paper)."""
     if profile == "paper":
-        return _released("pic2word", backbone, weights, **options)
-    from cirlib.models.tiny import PIC2WORD_NAME
+        return _released(method, backbone, weights, **options)
+    from cirlib.models.tiny import load_tiny
 
     return TextualInversion(
-        _clip(profile, None, None), _tiny_phi(PIC2WORD_NAME), PIC2WORD_PROMPT, name="pic2word"
+        _clip(profile, None, None), load_tiny(tiny_checkpoint), PIC2WORD_PROMPT, name=method
     )
+
+
+@register("pic2word", description="Pic2Word phi (tiny: trained here on images only; paper: released)")
+def _pic2word(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    from cirlib.models.tiny import PIC2WORD_NAME
+
+    return _inversion("pic2word", PIC2WORD_NAME, profile, backbone, weights, options)
 
 
 @register("searle", description="SEARLE phi, OTI distilled (tiny: trained here; paper: released)")
 def _searle(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
-    if profile == "paper":
-        return _released("searle", backbone, weights, **options)
     from cirlib.models.tiny import SEARLE_NAME
 
-    return TextualInversion(
-        _clip(profile, None, None), _tiny_phi(SEARLE_NAME), PIC2WORD_PROMPT, name="searle"
-    )
+    return _inversion("searle", SEARLE_NAME, profile, backbone, weights, options)
 
 
 @register("lincir", profiles=("paper",), description="LinCIR phi trained on text only (released)")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from cirlib.models.weights import PAPER_BACKBONES, WEIGHTS_ENV, MissingWeightsError
+from cirlib.models.weights import DEFAULT_BACKBONE, PAPER_BACKBONES, WEIGHTS_ENV, MissingWeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -281,6 +281,29 @@ def released_for(method: str, backbone: str) -> ReleasedPhi:
     raise KeyError(f"no released phi for method {method!r} on backbone {backbone!r}; released: {have}")
 
 
+def select_released(method: str, backbone: str | None = None, name: str | None = None) -> ReleasedPhi:
+    """The release a run uses: the one named ``name`` (which must belong to ``method`` and, when
+    ``backbone`` is given, to that backbone), else ``method``'s own release for ``backbone`` (default
+    :data:`~cirlib.models.weights.DEFAULT_BACKBONE`). KeyError for unknown names, ValueError for a
+    mismatch; both name what exists."""
+    if name is None:
+        return released_for(method, backbone or DEFAULT_BACKBONE)
+    spec = released_phi(name)
+    if spec.method != method:
+        raise ValueError(f"released phi {name!r} is a {spec.method} network, not {method}")
+    if backbone is not None and spec.backbone != backbone:
+        raise ValueError(f"released phi {name!r} was trained for {spec.backbone}, not backbone {backbone}")
+    return spec
+
+
+def to_upstream_checkpoint(spec: ReleasedPhi, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Our :class:`Phi` state dict in the upstream file layout of ``spec`` (container key, key names,
+    Pic2Word's DDP ``module.`` prefix): the inverse of :func:`convert_state_dict`, for writing
+    stand-in checkpoints (tests, the GPU check) that go through the real loading path."""
+    prefix = "module." if spec.layout == "pic2word" else ""
+    return {spec.container: {prefix + up: state_dict[ours] for up, ours in spec.key_map().items()}}
+
+
 def _spec(spec_or_name: ReleasedPhi | str) -> ReleasedPhi:
     return spec_or_name if isinstance(spec_or_name, ReleasedPhi) else released_phi(spec_or_name)
 
@@ -418,6 +441,8 @@ __all__ = [
     "ReleasedPhi",
     "ReleasedWeightsError",
     "convert_state_dict",
+    "select_released",
+    "to_upstream_checkpoint",
     "expected_phi_path",
     "load_released_phi",
     "read_checkpoint",
