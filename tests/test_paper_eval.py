@@ -390,7 +390,7 @@ def test_file_encoding_sends_uint8_and_matches_the_float_transform(tiny_backbone
         Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(path)
         paths.append(path)
     clip = load_clip(TEST_ARCH, profile="paper", weights=tiny_backbone, preprocess=preprocess)
-    assert clip._file_transform()(Image.open(paths[0])).dtype == torch.uint8
+    assert clip._file_transform()[0](Image.open(paths[0]).convert("RGB")).dtype == torch.uint8
     via_files = clip.encode_image_files(paths, batch_size=2, normalize=False)
     with torch.inference_mode():
         x = torch.stack([clip.pil_transform(Image.open(p).convert("RGB")) for p in paths])

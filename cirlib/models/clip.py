@@ -276,34 +276,44 @@ class CLIPModel:
             )
         return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim)
 
-    def encode_pixels(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Embeddings of preprocessed images ``[N,3,S,S]``, float32 on the CPU. ``x`` is either
-        normalised float, or uint8 straight from :meth:`_file_transform` (scaled and normalised
-        here, on the model's device: a quarter of the bytes cross from the decoding workers)."""
+    def encode_pixels(
+        self,
+        x: torch.Tensor,
+        normalize: bool = True,
+        pixel_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Embeddings of preprocessed images ``[N,3,S,S]``, float32 on the CPU. ``x`` is normalised
+        float, or uint8 straight from :meth:`_file_transform` together with its ``pixel_stats``
+        (mean, std), scaled and normalised here on the model's device: a quarter of the bytes cross
+        from the decoding workers."""
         with torch.inference_mode(), self._autocast():
             x = x.to(self.device, non_blocking=True)
             if x.dtype == torch.uint8:
-                mean, std = self._uint8_stats
-                x = x.float().div_(255).sub_(mean.to(x.device)).div_(std.to(x.device))
+                if pixel_stats is None:
+                    raise ValueError("uint8 pixels need pixel_stats (mean, std) to be normalised")
+                mean, std = (t.to(x.device) for t in pixel_stats)
+                x = x.float().div_(255).sub_(mean).div_(std)
             features = self.model.encode_image(x).float()
             if normalize:
                 features = F.normalize(features, dim=-1)
         return features.cpu().clone()
 
-    def _file_transform(self) -> Callable[[Any], torch.Tensor]:
+    def _file_transform(
+        self,
+    ) -> tuple[Callable[[Any], torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
         """:attr:`pil_transform` with its final to-tensor and normalise steps replaced by a uint8
-        conversion, when it ends with them (open_clip's and targetpad's transforms do); the same
-        arithmetic then runs in :meth:`encode_pixels`, so the features are unchanged."""
+        conversion, plus the (mean, std) those steps used, when it ends with them (open_clip's and
+        targetpad's transforms do); :meth:`encode_pixels` then does the same arithmetic, so the
+        features are unchanged. Otherwise the float transform itself and ``None``."""
         from torchvision import transforms as T
 
         steps = list(getattr(self.pil_transform, "transforms", []))
         if len(steps) >= 2 and isinstance(steps[-1], T.Normalize) and "ToTensor" in type(steps[-2]).__name__:
-            self._uint8_stats = (
-                torch.tensor(steps[-1].mean, dtype=torch.float32).view(1, 3, 1, 1),
-                torch.tensor(steps[-1].std, dtype=torch.float32).view(1, 3, 1, 1),
+            stats = tuple(
+                torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (steps[-1].mean, steps[-1].std)
             )
-            return T.Compose([*steps[:-2], _to_uint8_chw])
-        return self.pil_transform
+            return T.Compose([*steps[:-2], _to_uint8_chw]), stats  # type: ignore[return-value]
+        return self.pil_transform, None
 
     def encode_image_files(
         self,
@@ -320,15 +330,16 @@ class CLIPModel:
         naming it: an image never silently drops out of a gallery (PROTOCOLS §6.9)."""
         if self.preprocess != "pil":
             raise ValueError("encode_image_files needs a CLIPModel with preprocess='pil' (the paper profile)")
+        transform, pixel_stats = self._file_transform()
         loader = torch.utils.data.DataLoader(
-            _ImageFiles([str(p) for p in paths], self._file_transform()),
+            _ImageFiles([str(p) for p in paths], transform),
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
         )
         show = progress if progress is not None else len(paths) > 4 * batch_size
         chunks = [
-            self.encode_pixels(x, normalize)
+            self.encode_pixels(x, normalize, pixel_stats)
             for x in tqdm(loader, desc=desc, total=len(loader), disable=not show, unit="batch")
         ]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim)
@@ -477,9 +488,8 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 
 def _to_uint8_chw(image: Any) -> torch.Tensor:
-    """PIL image -> uint8 tensor ``[3, H, W]`` (RGB)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    """RGB PIL image (``_ImageFiles`` converts every image) -> uint8 tensor ``[3, H, W]``."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 #: SEARLE's ``targetpad`` ratio (its scripts' default ``--target-ratio 1.25``).
