@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cirlib.methods.base import METHOD_INFO, METHODS, Method, build_method, list_methods, register
-from cirlib.methods.baselines import (
-    PIC2WORD_PROMPT,
-    ImageOnly,
-    SumFusion,
-    TextOnly,
-    TextualInversion,
+from cirlib.methods.base import (
+    METHOD_INFO,
+    METHODS,
+    Method,
+    build_method,
     caption_variants,
+    list_methods,
+    register,
 )
+from cirlib.methods.baselines import PIC2WORD_PROMPT, ImageOnly, SumFusion, TextOnly, TextualInversion
 from cirlib.models.clip import CLIPModel
 from cirlib.models.weights import DEFAULT_BACKBONE
 

@@ -20,6 +20,42 @@ from cirlib.data.types import Gallery, Query
 from cirlib.models.clip import CLIPModel
 from cirlib.retrieval import EmbeddingCache, content_digest, file_fingerprints
 
+#: How a query with two captions (FashionIQ) becomes text. ``both_orders`` (default) encodes
+#: "c1 and c2" and "c2 and c1" and averages the two embeddings, as SEARLE's FashionIQ evaluation and
+#: CIG's code do; ``forward`` / ``reversed`` keep one order; ``first`` / ``second`` one caption.
+#: Plain concatenation is known to cost reproductions a lot (sotayang/SEIZE#2, REFERENCE.md), so the
+#: choice is explicit and recorded with every result. Queries with one caption ignore it.
+CAPTION_JOINS: tuple[str, ...] = ("both_orders", "forward", "reversed", "first", "second")
+
+
+def caption_variants(query: Query, join: str = "both_orders", strip: str | None = None) -> list[str]:
+    """The text(s) a method encodes for a query (embeddings averaged by
+    :func:`mean_over_caption_variants`); see :data:`CAPTION_JOINS`. Each caption is stripped of
+    whitespace, or of the characters ``strip`` (SEARLE and LinCIR strip ``".?, "`` from FashionIQ
+    captions); empty captions (FashionIQ has a few) are skipped."""
+    if join not in CAPTION_JOINS:
+        raise ValueError(f"unknown caption join {join!r}; expected one of {', '.join(CAPTION_JOINS)}")
+    cleaned = [t.strip(strip) for t in query.texts]
+    texts = [t for t in cleaned if t]
+    if len(texts) <= 1:
+        return [texts[0] if texts else ""]
+    if join == "first" or join == "second":
+        return [cleaned[0 if join == "first" else 1] or texts[0]]
+    forward, backward = " and ".join(texts), " and ".join(reversed(texts))
+    return {"both_orders": [forward, backward], "forward": [forward], "reversed": [backward]}[join]
+
+
+def mean_over_caption_variants(
+    queries: Sequence[Query], encode, join: str = "both_orders", strip: str | None = None
+) -> torch.Tensor:
+    """Encode every caption variant of every query in one batch, average per query, normalise."""
+    variants = [caption_variants(q, join, strip) for q in queries]
+    flat = [v for vs in variants for v in vs]
+    owner = torch.tensor([i for i, vs in enumerate(variants) for _ in vs])
+    features = encode(flat, owner)
+    summed = torch.zeros(len(queries), features.shape[1]).index_add_(0, owner, features)
+    return F.normalize(summed, dim=-1)
+
 
 class Method(ABC):
     """A composed-image-retrieval method over one CLIP.
@@ -29,7 +65,7 @@ class Method(ABC):
     name: ClassVar[str] = ""
     zero_shot: ClassVar[bool] = True
     description: ClassVar[str] = ""
-    #: How two captions (FashionIQ) become text: see :data:`cirlib.methods.baselines.CAPTION_JOINS`.
+    #: How two captions (FashionIQ) become text: see :data:`CAPTION_JOINS`.
     caption_join: str = "both_orders"
     #: Characters stripped from each caption (None: whitespace), see ``caption_variants``.
     caption_strip: str | None = None
@@ -108,6 +144,10 @@ class Method(ABC):
         return self.raw_gallery_features(gallery)[rows]
 
     # ---------------------------------------------------------------- queries
+    def encode_captions(self, queries: Sequence[Query], encode) -> torch.Tensor:
+        """:func:`mean_over_caption_variants` with this method's caption join and strip settings."""
+        return mean_over_caption_variants(queries, encode, self.caption_join, self.caption_strip)
+
     @abstractmethod
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         """L2-normalised query embeddings ``[Q, D]`` comparable with :meth:`gallery_features`."""

@@ -9,8 +9,9 @@
   "a photo of $ that {text}" (Pic2Word, CVPR 2023; SEARLE, ICCV 2023). Both phi networks are
   trained on images only.
 
-Several captions (FashionIQ) are joined in both orders and the two embeddings averaged, as SEARLE
-does; :func:`caption_variants` is the one place that decides this.
+Several captions (FashionIQ) are joined as :attr:`Method.caption_join` says (default: both orders,
+the two embeddings averaged, as SEARLE does); :func:`cirlib.methods.base.caption_variants` is the
+one place that decides this.
 """
 
 from __future__ import annotations
@@ -34,43 +35,6 @@ def fill(prompt: str, text: str) -> str:
     return prompt.replace("{text}", text)
 
 
-#: How a query with two captions (FashionIQ) becomes text. ``both_orders`` (default) encodes
-#: "c1 and c2" and "c2 and c1" and averages the two embeddings, as SEARLE's FashionIQ evaluation and
-#: CIG's code do; ``forward`` / ``reversed`` keep one order; ``first`` / ``second`` one caption.
-#: Plain concatenation is known to cost reproductions a lot (sotayang/SEIZE#2, REFERENCE.md), so the
-#: choice is explicit and recorded with every result. Queries with one caption ignore it.
-CAPTION_JOINS: tuple[str, ...] = ("both_orders", "forward", "reversed", "first", "second")
-
-
-def caption_variants(query: Query, join: str = "both_orders", strip: str | None = None) -> list[str]:
-    """The text(s) a method encodes for a query (embeddings averaged by
-    :func:`mean_over_caption_variants`); see :data:`CAPTION_JOINS`. Each caption is stripped of
-    whitespace, or of the characters ``strip`` (SEARLE and LinCIR strip ``".?, "`` from FashionIQ
-    captions); empty captions (FashionIQ has a few) are skipped."""
-    if join not in CAPTION_JOINS:
-        raise ValueError(f"unknown caption join {join!r}; expected one of {', '.join(CAPTION_JOINS)}")
-    cleaned = [t.strip(strip) for t in query.texts]
-    texts = [t for t in cleaned if t]
-    if len(texts) <= 1:
-        return [texts[0] if texts else ""]
-    if join == "first" or join == "second":
-        return [cleaned[0 if join == "first" else 1] or texts[0]]
-    forward, backward = " and ".join(texts), " and ".join(reversed(texts))
-    return {"both_orders": [forward, backward], "forward": [forward], "reversed": [backward]}[join]
-
-
-def mean_over_caption_variants(
-    queries: Sequence[Query], encode, join: str = "both_orders", strip: str | None = None
-) -> torch.Tensor:
-    """Encode every caption variant of every query in one batch, average per query, normalise."""
-    variants = [caption_variants(q, join, strip) for q in queries]
-    flat = [v for vs in variants for v in vs]
-    owner = torch.tensor([i for i, vs in enumerate(variants) for _ in vs])
-    features = encode(flat, owner)
-    summed = torch.zeros(len(queries), features.shape[1]).index_add_(0, owner, features)
-    return F.normalize(summed, dim=-1)
-
-
 class ImageOnly(Method):
     name = "image"
     description = "reference image embedding alone"
@@ -90,11 +54,8 @@ class TextOnly(Method):
         self.prompt = prompt
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
-        return mean_over_caption_variants(
-            queries,
-            lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts]),
-            self.caption_join,
-            self.caption_strip,
+        return self.encode_captions(
+            queries, lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts])
         )
 
 
@@ -115,11 +76,8 @@ class SumFusion(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         image = self.reference_features(queries, gallery)
-        text = mean_over_caption_variants(
-            queries,
-            lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts]),
-            self.caption_join,
-            self.caption_strip,
+        text = self.encode_captions(
+            queries, lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts])
         )
         return F.normalize(self.image_weight * image + (1 - self.image_weight) * text, dim=-1)
 
@@ -162,4 +120,4 @@ class TextualInversion(Method):
             prompts = [fill(self.prompt, t) for t in texts]
             return self.clip.encode_texts_with_pseudo(prompts, tokens[owner])
 
-        return mean_over_caption_variants(queries, encode, self.caption_join, self.caption_strip)
+        return self.encode_captions(queries, encode)

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 from cirlib.data.types import Gallery, Query
 from cirlib.methods.base import Method
-from cirlib.methods.baselines import mean_over_caption_variants
 from cirlib.models.clip import CLIPModel
 from cirlib.models.tiny import MICRO, default_root, train_command
 from cirlib.retrieval import EmbeddingCache
@@ -98,9 +97,7 @@ class SupervisedCombiner(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         image = self.reference_features(queries, gallery)
-        text = mean_over_caption_variants(
-            queries, lambda texts, _: self.clip.encode_texts(texts), self.caption_join, self.caption_strip
-        )
+        text = self.encode_captions(queries, lambda texts, _: self.clip.encode_texts(texts))
         with torch.inference_mode():
             return self.combiner(image, text)
 
