@@ -52,10 +52,6 @@ class Evaluation:
     def n_queries(self) -> int:
         return len(self.qids)
 
-    @property
-    def has_ground_truth(self) -> bool:
-        return bool(self.per_query)
-
 
 def _any_hit(rankings: Sequence[Sequence[str]], ground_truths: Sequence[Sequence[str]], k: int) -> np.ndarray:
     return np.array([bool(set(r[:k]) & set(g)) for r, g in zip(rankings, ground_truths, strict=True)])
@@ -104,13 +100,8 @@ def rank_queries(
         for row, ref in zip(top, refs, strict=True):
             ids = [gallery.ids[i] for i in row]
             ranked.append([i for i in ids if not (exclude_reference and i == ref)][:k])
-        subset = None
-        if subsets:
-            subset = []
-            for qi, (mem, ref) in enumerate(zip(members, refs, strict=True)):
-                cand = sorted({gallery.index(m) for m in mem if m != ref})
-                order = np.argsort(-(g[cand] @ q[qi]).numpy(), kind="stable")
-                subset.append([gallery.ids[cand[i]] for i in order])
+        # Subsets exist only for CIRR, whose galleries are small (2.3k): full scores are cheap there.
+        subset = metrics.subset_rankings((q @ g.T).numpy(), gallery.ids, members, refs) if subsets else None
         return ranked, subset
     ranked, subset = [], [] if subsets else None
     for start in range(0, len(queries), chunk_size):
