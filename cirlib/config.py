@@ -102,3 +102,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def progress_bar(iterable: Any = None, *, show: bool = True, **kwargs: Any) -> Any:
+    """A tqdm progress bar (widgets in notebooks, text elsewhere), shown when ``show`` unless the
+    environment turns bars off with ``TQDM_DISABLE`` (``make reproduce`` does, so that committed
+    notebooks carry no widget state). Every bar in cirlib goes through here because tqdm lets an
+    explicit ``disable=`` argument override ``TQDM_DISABLE``."""
+    from tqdm.auto import tqdm
+
+    off = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+    return tqdm(iterable, disable=off or not show, **kwargs)

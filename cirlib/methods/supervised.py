@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from cirlib.config import progress_bar
 from cirlib.data.types import Gallery, Query
 from cirlib.methods.base import Method
 from cirlib.models.clip import CLIPModel
@@ -75,7 +75,7 @@ def train_combiner(
     model.clip_hash = clip.hash
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     model.train()
-    for _ in tqdm(range(config.steps), desc="train combiner (supervised)", disable=not progress):
+    for _ in progress_bar(range(config.steps), desc="train combiner (supervised)", show=progress):
         idx = torch.randint(0, len(ref), (config.batch_size,), generator=generator)
         out = model(ref[idx], txt[idx])
         logits = out @ tgt[idx].T / config.temperature

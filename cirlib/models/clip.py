@@ -31,9 +31,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
-from tqdm.auto import tqdm
 
-from cirlib.config import atomic_write_bytes, config_hash
+from cirlib.config import atomic_write_bytes, config_hash, progress_bar
 
 #: The placeholder of pseudo-word methods (SEARLE and LinCIR use ``$``; Pic2Word used ``*``). In
 #: open_clip's SimpleTokenizer a free-standing ``$`` is ONE token (``$</w>``, id 259). Glued to
@@ -270,7 +269,7 @@ class CLIPModel:
         n = len(images)
         chunks = []
         show = progress if progress is not None else n > 4 * batch_size
-        for start in tqdm(range(0, n, batch_size), desc="encode images", disable=not show):
+        for start in progress_bar(range(0, n, batch_size), desc="encode images", show=show):
             chunks.append(
                 self.encode_pixels(self.preprocess_images(images[start : start + batch_size]), normalize)
             )
@@ -340,7 +339,7 @@ class CLIPModel:
         show = progress if progress is not None else len(paths) > 4 * batch_size
         chunks = [
             self.encode_pixels(x, normalize, pixel_stats)
-            for x in tqdm(loader, desc=desc, total=len(loader), disable=not show, unit="batch")
+            for x in progress_bar(loader, desc=desc, total=len(loader), show=show, unit="batch")
         ]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim)
 
@@ -358,8 +357,8 @@ class CLIPModel:
         tokens = self.tokenize(texts)
         chunks = []
         with torch.inference_mode(), self._autocast():
-            for start in tqdm(
-                range(0, len(tokens), batch_size), desc="encode texts", disable=len(tokens) <= 4 * batch_size
+            for start in progress_bar(
+                range(0, len(tokens), batch_size), desc="encode texts", show=len(tokens) > 4 * batch_size
             ):
                 batch = tokens[start : start + batch_size].to(self.device)
                 chunks.append(F.normalize(self.model.encode_text(batch).float(), dim=-1).cpu())
@@ -776,7 +775,7 @@ def train_clip(
 
         end = config.steps if stop_after is None else min(config.steps, stop_after)
         max_log_scale = math.log(config.max_logit_scale)
-        bar = tqdm(range(start, end), desc="train CLIP", disable=not progress, initial=start, total=end)
+        bar = progress_bar(range(start, end), desc="train CLIP", show=progress, initial=start, total=end)
         for step in bar:
             lr = _lr_at(step, config)
             for group in optimizer.param_groups:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from cirlib.config import progress_bar
 from cirlib.models.clip import CLIPModel, EpochSampler, contrastive_loss, torch_threads
 
 
@@ -163,7 +163,7 @@ def train_phi(
         scale = float(clip.model.logit_scale.exp()) if config.logit_scale is None else config.logit_scale
         sampler = EpochSampler(len(feats), config.batch_size, seed)
         losses: list[float] = []
-        bar = tqdm(range(config.steps), desc="train phi (Pic2Word)", disable=not progress)
+        bar = progress_bar(range(config.steps), desc="train phi (Pic2Word)", show=progress)
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _cosine_lr(step, config.steps, config.warmup_steps, config.lr)
@@ -249,7 +249,7 @@ def optimise_pseudo_tokens(
         gen = torch.Generator().manual_seed(seed)
         out = []
         starts = range(0, len(feats), config.batch_size)
-        for start in tqdm(starts, desc="OTI", disable=not progress or len(starts) < 2):
+        for start in progress_bar(starts, desc="OTI", show=progress and len(starts) >= 2):
             v = feats[start : start + config.batch_size]
             n = len(v)
             tokens = nn.Parameter(torch.randn(n, clip.token_dim, generator=gen) * config.init_std)
@@ -332,7 +332,7 @@ def train_phi_distilled(
         optimizer = torch.optim.AdamW(phi.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         sampler = EpochSampler(len(feats), config.batch_size, seed)
         losses: list[float] = []
-        bar = tqdm(range(config.steps), desc="train phi (SEARLE distil)", disable=not progress)
+        bar = progress_bar(range(config.steps), desc="train phi (SEARLE distil)", show=progress)
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _cosine_lr(step, config.steps, config.warmup_steps, config.lr)

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from cirlib.config import atomic_write_bytes, cache_root, config_hash
+from cirlib.config import atomic_write_bytes, cache_root, config_hash, progress_bar
 from cirlib.data.types import Benchmark, Form, Gallery, Query
 from cirlib.world import language as lang
 from cirlib.world.edits import (
@@ -178,7 +177,7 @@ def build_cirr(split: str, n_queries: int, image_size: int = 64) -> Benchmark:
     rng = np.random.default_rng(seed)
     gallery = _GalleryBuilder(f"cirr-{split}")
     raw: list[dict] = []
-    with tqdm(total=n_queries, desc=f"world cirr/{split}", disable=n_queries < 2000) as bar:
+    with progress_bar(total=n_queries, desc=f"world cirr/{split}", show=n_queries >= 2000) as bar:
         while len(raw) < n_queries:
             reference = sample_scene(rng)
             try:
@@ -219,7 +218,7 @@ def build_circo(split: str, n_queries: int, image_size: int = 64) -> Benchmark:
     rng = np.random.default_rng(seed)
     gallery = _GalleryBuilder(f"circo-{split}")
     raw: list[dict] = []
-    with tqdm(total=n_queries, desc=f"world circo/{split}", disable=n_queries < 2000) as bar:
+    with progress_bar(total=n_queries, desc=f"world circo/{split}", show=n_queries >= 2000) as bar:
         while len(raw) < n_queries:
             reference = sample_scene(rng)
             try:

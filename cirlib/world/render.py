@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
+from cirlib.config import progress_bar
 from cirlib.world.scene import GRID, Obj, Scene
 
 RGB: dict[str, tuple[int, int, int]] = {
@@ -141,7 +141,7 @@ def render_many(
     out = np.empty((len(scenes), image_size, image_size, 3), dtype=np.uint8)
     iterator = zip(scenes, seeds, strict=True)
     for i, (scene, seed) in enumerate(
-        tqdm(iterator, total=len(scenes), desc="render", disable=not progress or len(scenes) < 2000)
+        progress_bar(iterator, total=len(scenes), desc="render", show=progress and len(scenes) >= 2000)
     ):
         out[i] = render(scene, image_size, int(seed))
     return out
