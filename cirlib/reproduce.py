@@ -46,8 +46,25 @@ def run_notebook(path: Path, parameters: dict, output: Path, timeout: int | None
         progress_bar=False,
         execution_timeout=timeout,
     )
+    _drop_unused_widget_state(tmp)
     os.replace(tmp, output)
     return time.perf_counter() - start
+
+
+def _drop_unused_widget_state(path: Path) -> None:
+    """Remove the notebook-level widget state when no output shows a widget: it is stale (kept from
+    earlier interactive runs, since papermill executes in place) and only makes the file larger."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    shows_widget = any(
+        "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        for cell in nb.cells
+        for output in cell.get("outputs", [])
+    )
+    if "widgets" in nb.metadata and not shows_widget:
+        del nb.metadata["widgets"]
+        nbformat.write(nb, path)
 
 
 def main(argv: list[str] | None = None) -> int:
