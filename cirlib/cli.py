@@ -161,7 +161,8 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
         "--phi",
         metavar="NAME",
         help="pic2word/searle/lincir: a released phi by name, e.g. cig-lincir-vit-l14 "
-        "(default: the method's own release for the backbone; see cirlib.models.released)",
+        "(default: the method's own release for the backbone; see cirlib.models.released); "
+        "cig: its retrieval phi, a SEARLE release",
     )
     paper.add_argument(
         "--preprocess",
@@ -188,6 +189,50 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     paper.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="CUDA autocast")
     paper.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
     paper.add_argument("--workers", type=int, default=4, help="image-decoding worker processes")
+    # Defaults are None here so that a given option is told from an absent one (giving one to another
+    # method is an error); EvalConfig holds the real defaults.
+    cig = parser.add_argument_group("method cig (generative: pseudo-target images)")
+    cig.add_argument(
+        "--generator",
+        type=Path,
+        metavar="DIR",
+        help="paper profile, required: local SDXL (or SD 1.x) pipeline folder, e.g. "
+        "stabilityai/stable-diffusion-xl-base-1.0 saved with huggingface-cli download --local-dir",
+    )
+    cig.add_argument(
+        "--generator-kind",
+        choices=("sdxl", "sd15"),
+        help="pipeline kind of --generator (default sdxl, as CIG)",
+    )
+    cig.add_argument(
+        "--unet", type=Path, metavar="DIR", help="CIG's fine-tuned UNet ({model_path} or {model_path}/unet)"
+    )
+    cig.add_argument(
+        "--vae", type=Path, metavar="DIR", help="VAE folder, e.g. madebyollin/sdxl-vae-fp16-fix (CIG's)"
+    )
+    cig.add_argument(
+        "--fusion-weight",
+        type=float,
+        metavar="W",
+        help="weight in [0, 1] of the reference query against the generated one (default: the official "
+        "value per split)",
+    )
+    cig.add_argument(
+        "--n-generated", type=int, metavar="N", help="pseudo-target images per query (default 1)"
+    )
+    cig.add_argument(
+        "--generation-steps",
+        type=int,
+        metavar="S",
+        help="diffusion steps (default: paper 50, as CIG; tiny: its generator's own)",
+    )
+    cig.add_argument(
+        "--guidance",
+        type=float,
+        metavar="G",
+        help="classifier-free guidance scale (default: paper, the pipeline's own, as CIG never sets it; "
+        "tiny: its generator's own)",
+    )
 
 
 @command(
@@ -204,21 +249,23 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 0
     if args.benchmark is None or args.method is None:
         raise CLIError("--benchmark and --method are required (or use --list-methods)")
-    from cirlib.run import EvalConfig, RunError, check_paths
+    from cirlib.run import CIG_OPTIONS, EvalConfig, RunError, check_method_options, check_paths
 
+    given = [k for k in CIG_OPTIONS if getattr(args, k) is not None]  # the rest keep EvalConfig's defaults
     cfg = EvalConfig(
         **{
             k: getattr(args, k)
             for k in (
                 "benchmark", "method", "split", "profile", "data", "images", "weights", "backbone", "phi",
                 "preprocess", "caption_join", "circo_text", "on_missing", "index", "device",
-                "precision", "batch_size", "workers", "n_queries", "soft", "out",
+                "precision", "batch_size", "workers", "n_queries", "soft", "out", *given,
             )
         }
     )  # fmt: skip
     if cfg.soft and (cfg.benchmark != "cirr" or cfg.split != "val"):
         raise CLIError("--soft is only for --benchmark cirr --split val")
     try:
+        check_method_options(cfg, given)  # also an option given with its default value
         check_paths(cfg)  # every path, before torch is imported
     except RunError as err:
         raise CLIError(str(err)) from None

@@ -88,7 +88,8 @@ def per_edit_kind(
             continue
         ci = bootstrap_ci(np.asarray(vs) * 100)
         rows.append({"edit": kind, "n": len(vs), "value": ci.mean, "ci_low": ci.low, "ci_high": ci.high})
-    return pd.DataFrame(rows).set_index("edit")
+    columns = ["edit", "n", "value", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=columns).set_index("edit")  # empty when no kind is large enough
 
 
 def undercount(evaluation: Evaluation, ks: Sequence[int] = (1, 5, 10)) -> pd.DataFrame:
@@ -105,3 +106,64 @@ def undercount(evaluation: Evaluation, ks: Sequence[int] = (1, 5, 10)) -> pd.Dat
                         {"metric": labelled, "labelled target": a, "any valid target": b, "undercount": b - a}
                     )
     return pd.DataFrame(rows).set_index("metric").round(2)
+
+
+# --------------------------------------------------------------------------- generated views (CIG)
+class OracleGenerator:
+    """A stand-in generator that returns each query's *labelled target* as its pseudo-target: the
+    upper bound of what a perfect generator could give a generative method (world diagnostics only;
+    no method sees it). ``queries`` must have distinct (reference, text) pairs."""
+
+    def __init__(self, benchmark: Benchmark, queries: Sequence[Query] | None = None) -> None:
+        qs = list(benchmark.queries if queries is None else queries)
+        self._galleries = benchmark.galleries
+        self._target = {}
+        for q in qs:
+            text = " and ".join(t.strip() for t in q.texts if t.strip())
+            self._target[text, q.reference] = (q.category, q.target)
+        self._by_digest: dict[str, str] = {}
+        self.signature = {"oracle": benchmark.name, "n": len(qs)}
+        self._queries = qs
+
+    def generate(self, references, texts, seeds) -> np.ndarray:
+        from cirlib.retrieval import content_digest
+
+        if not self._by_digest:  # reference pixels -> id, once
+            for q in self._queries:
+                g = self._galleries[q.category]
+                self._by_digest[content_digest(g.pixels([q.reference])[0])] = q.reference
+        out = []
+        for ref, text in zip(references, texts, strict=True):
+            category, target = self._target[text, self._by_digest[content_digest(np.asarray(ref))]]
+            out.append(self._galleries[category].pixels([target])[0])
+        return np.stack(out)
+
+
+def pseudo_target_similarity(
+    method, benchmark: Benchmark, queries: Sequence[Query] | None = None
+) -> pd.DataFrame:
+    """Per query, CLIP cosine similarities between a generative method's first pseudo-target
+    (``method.pseudo_targets``), the labelled target and the reference: how close the generated view
+    is to what should be retrieved and to where it started (``reference vs target`` gives the
+    scale of the real pair)."""
+    import torch.nn.functional as F
+
+    qs = list(benchmark.queries if queries is None else queries)
+    rows = []
+    for category in dict.fromkeys(q.category for q in qs):
+        group = [q for q in qs if q.category == category]
+        g = benchmark.galleries[category]
+        encode = lambda images: F.normalize(method.clip.encode_images(images), dim=-1)  # noqa: E731
+        gen = encode(method.pseudo_targets(group, g)[:, 0])
+        tgt = encode(g.pixels([q.target for q in group]))
+        ref = encode(g.pixels([q.reference for q in group]))
+        for j, q in enumerate(group):
+            rows.append(
+                {
+                    "qid": q.qid,
+                    "pseudo-target vs target": float(gen[j] @ tgt[j]),
+                    "pseudo-target vs reference": float(gen[j] @ ref[j]),
+                    "reference vs target": float(ref[j] @ tgt[j]),
+                }
+            )
+    return pd.DataFrame(rows).set_index("qid")

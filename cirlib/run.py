@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,40 @@ log = logging.getLogger("cirlib.run")
 
 #: Methods that load a released textual-inversion network in the paper profile.
 RELEASED_PHI_METHODS = ("pic2word", "searle", "lincir")
+#: Methods that retrieve with another method's released phi: cig with SEARLE's, as the official
+#: SEARLE_CIG code does (``--phi`` picks another SEARLE release).
+RETRIEVAL_PHI_OF = {"cig": "searle"}
+
+#: Options only method ``cig`` takes: EvalConfig field (and build_method keyword) -> command-line option.
+CIG_OPTIONS: dict[str, str] = {
+    "generator": "--generator",
+    "generator_kind": "--generator-kind",
+    "unet": "--unet",
+    "vae": "--vae",
+    "fusion_weight": "--fusion-weight",
+    "n_generated": "--n-generated",
+    "generation_steps": "--generation-steps",
+    "guidance": "--guidance",
+}
+#: Of those, the folders of the diffusion generator, which only the paper profile has (the tiny
+#: profile's cig samples the generator trained on the world).
+CIG_PAPER_OPTIONS = ("generator", "generator_kind", "unet", "vae")
+GENERATOR_KINDS = ("sdxl", "sd15")
+#: The released phis conditioning each text encoder of CIG's generator, per pipeline kind. The same as
+#: ``cirlib.generation.paper_cig.CIG_PHIS`` (a test keeps them equal): repeated here because importing
+#: ``cirlib.generation`` imports torch, and these paths are checked before torch is imported.
+CIG_GENERATOR_PHIS: dict[str, tuple[str, ...]] = {
+    "sdxl": ("cig-lincir-vit-l14", "lincir-vit-bigg14"),
+    "sd15": ("cig-lincir-vit-l14",),
+}
+#: What each folder option of cig's generator should hold.
+_GENERATOR_UPSTREAM = {
+    "sdxl": "the SDXL pipeline stabilityai/stable-diffusion-xl-base-1.0 (CIG's base)",
+    "sd15": "a Stable Diffusion 1.x pipeline, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+_HOW = (
+    "saved with save_pretrained or `huggingface-cli download REPO --local-dir DIR` (cirlib never downloads)"
+)
 
 
 @dataclass
@@ -56,6 +91,15 @@ class EvalConfig:
     n_queries: int | None = None
     soft: bool = False
     out: Path | None = None
+    # method cig only (CIG_OPTIONS); the first four (CIG_PAPER_OPTIONS) are the paper profile's
+    generator: Path | None = None  # paper: the SD / SDXL pipeline folder (required)
+    generator_kind: str = "sdxl"  # "sdxl" (CIG's) or "sd15"
+    unet: Path | None = None  # paper: CIG's fine-tuned UNet ({model_path} or {model_path}/unet)
+    vae: Path | None = None  # paper: e.g. madebyollin/sdxl-vae-fp16-fix, saved locally
+    fusion_weight: float | None = None  # weight of the reference query; None: the official one per split
+    n_generated: int = 1  # pseudo-target images per query
+    generation_steps: int | None = None  # None: the generator's own (paper: 50, as CIG)
+    guidance: float | None = None  # None: the generator's own (paper: the pipeline's; CIG never sets it)
 
     def resolved_backbone(self) -> str | None:
         if self.profile == "tiny":
@@ -92,9 +136,117 @@ class RunError(Exception):
     """A run cannot start: a path or an option is wrong. The message says which and why."""
 
 
+_CIG_DEFAULTS = {f.name: f.default for f in fields(EvalConfig) if f.name in CIG_OPTIONS}
+
+
+def _options(names: Any) -> str:
+    return ", ".join(CIG_OPTIONS[n] for n in CIG_OPTIONS if n in set(names))
+
+
+def check_method_options(cfg: EvalConfig, given: Any = None) -> None:
+    """Check the options of method ``cig`` (:data:`CIG_OPTIONS`): for another method, giving any is
+    an error naming it; for cig their values, and which profile each belongs to. ``given``: the
+    option fields the user gave (the CLI knows); default: those differing from their defaults.
+    Raises :class:`RunError`; imports nothing."""
+    given = set(given) if given is not None else {k for k, v in _CIG_DEFAULTS.items() if getattr(cfg, k) != v}
+    if cfg.method != "cig":
+        if given:
+            verb = "is an option" if len(given) == 1 else "are options"
+            raise RunError(f"{_options(given)} {verb} of --method cig only, not of --method {cfg.method}")
+        return
+    if cfg.generator_kind not in GENERATOR_KINDS:
+        raise RunError(
+            f"--generator-kind must be one of {', '.join(GENERATOR_KINDS)}, not {cfg.generator_kind!r}"
+        )
+    w = cfg.fusion_weight
+    if w is not None and not (isinstance(w, (int, float)) and 0.0 <= w <= 1.0):
+        raise RunError(f"--fusion-weight must be a number in [0, 1] (the reference query's weight), not {w}")
+    for name in ("n_generated", "generation_steps"):
+        value = getattr(cfg, name)
+        if value is None and name == "generation_steps":
+            continue
+        if not isinstance(value, int) or value < 1:
+            raise RunError(f"{CIG_OPTIONS[name]} must be a whole number >= 1, not {value}")
+    g = cfg.guidance
+    if g is not None and not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0):
+        raise RunError(f"--guidance must be a finite number >= 0 (classifier-free guidance scale), not {g}")
+    if cfg.profile != "paper":
+        paper_only = given & set(CIG_PAPER_OPTIONS)
+        if paper_only:
+            verb = "is" if len(paper_only) == 1 else "are"
+            raise RunError(
+                f"{_options(paper_only)} {verb} for the paper profile's diffusion pipeline; the tiny "
+                "profile's cig samples the generator trained on the world"
+            )
+    elif cfg.generator is None:
+        raise RunError(
+            "--method cig --profile paper needs --generator DIR: a local Stable Diffusion pipeline folder, "
+            f"{_GENERATOR_UPSTREAM['sdxl']} (or, with --generator-kind sd15, {_GENERATOR_UPSTREAM['sd15']}), "
+            f"{_HOW}; CIG's fine-tuned UNet goes in --unet DIR and its VAE (madebyollin/sdxl-vae-fp16-fix) "
+            "in --vae DIR"
+        )
+
+
+def _folder_problem(path: Path, option: str, index_file: str, what: str) -> str | None:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
+        return f"{option} {path} {state}; it should hold {what}, {_HOW}"
+    if not (folder / index_file).is_file():
+        return f"{option} {path} has no {index_file}, so it is not a saved model folder; it should hold {what}, {_HOW}"
+    return None
+
+
+def check_generator_paths(cfg: EvalConfig) -> dict[str, str]:
+    """The inputs of cig's paper-profile generator, checked without importing torch: the pipeline,
+    UNet and VAE folders, and each generator phi's weights file and its CLIP backbone's weights file.
+    Raises one :class:`RunError` listing every missing input; returns role -> path."""
+    from cirlib.models.released import released_phi, resolve_phi_weights
+    from cirlib.models.weights import MissingWeightsError, resolve_weights
+
+    assert cfg.generator is not None  # check_method_options requires it
+    problems: list[str] = []
+    found: dict[str, str] = {"generator": str(cfg.generator)}
+    problem = _folder_problem(
+        cfg.generator, "--generator", "model_index.json", _GENERATOR_UPSTREAM[cfg.generator_kind]
+    )
+    problems += [problem] if problem else []
+    if cfg.unet is not None:
+        unet = Path(cfg.unet).expanduser()
+        if not (unet / "config.json").is_file() and (unet / "unet" / "config.json").is_file():
+            unet = unet / "unet"  # CIG's --model_path holds the UNet in a 'unet' subfolder
+        what = "a UNet2DConditionModel folder, e.g. CIG's fine-tuned SDXL UNet ({model_path}/unet)"
+        problem = _folder_problem(unet, "--unet", "config.json", what)
+        problems += [problem] if problem else []
+        found["unet"] = str(unet)
+    if cfg.vae is not None:
+        what = "an AutoencoderKL folder, e.g. madebyollin/sdxl-vae-fp16-fix (the VAE CIG uses)"
+        problem = _folder_problem(cfg.vae, "--vae", "config.json", what)
+        problems += [problem] if problem else []
+        found["vae"] = str(cfg.vae)
+    for name in CIG_GENERATOR_PHIS[cfg.generator_kind]:
+        spec = released_phi(name)
+        for role, resolve, what in (
+            (f"phi:{name}", resolve_phi_weights, spec),
+            (f"clip:{spec.backbone}", resolve_weights, spec.backbone),
+        ):
+            try:
+                found[role] = str(resolve(what, cfg.weights))
+            except MissingWeightsError as err:
+                message = "generator: " + str(err).strip('"')
+                if message not in problems:  # e.g. "no weights folder was given", once
+                    problems.append(message)
+    if problems:
+        listed = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        raise RunError(f"cig's generator: {len(problems)} missing input(s): {listed}")
+    return found
+
+
 def check_paths(cfg: EvalConfig) -> dict[str, Any]:
-    """Check every input path of a paper-profile run without importing torch; returns what was
-    found (layout, weight files). Raises :class:`RunError` with the path as given."""
+    """Check the method options and every input path of a paper-profile run without importing
+    torch; returns what was found (layout, weight files, generator files). Raises
+    :class:`RunError` with the path or option as given."""
+    check_method_options(cfg)
     if cfg.profile != "paper":
         for flag in ("data", "images", "weights"):
             if getattr(cfg, flag) is not None:
@@ -105,6 +257,8 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
     from cirlib.data.real import DataNotFoundError, resolve_layout
     from cirlib.models.weights import MissingWeightsError, resolve_weights
 
+    # the generator first: its folders and files are the most likely to be missing, and need no data
+    generator_files = check_generator_paths(cfg) if cfg.method == "cig" else None
     if cfg.data is None:
         raise RunError(
             f"the paper profile needs --data DIR: the {cfg.benchmark} dataset folder with its images "
@@ -115,13 +269,17 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
     except DataNotFoundError as err:
         raise RunError(str(err)) from None
     found: dict[str, Any] = {"layout": layout}
-    if cfg.phi and cfg.method not in RELEASED_PHI_METHODS:
-        raise RunError(f"--phi is for the methods {', '.join(RELEASED_PHI_METHODS)}, not {cfg.method}")
+    if generator_files is not None:
+        found["generator_files"] = generator_files
+    phi_methods = (*RELEASED_PHI_METHODS, *RETRIEVAL_PHI_OF)
+    if cfg.phi and cfg.method not in phi_methods:
+        raise RunError(f"--phi is for the methods {', '.join(phi_methods)}, not {cfg.method}")
     try:
-        if cfg.method in RELEASED_PHI_METHODS:
+        if cfg.method in phi_methods:
             from cirlib.models.released import resolve_phi_weights, select_released
 
-            spec = select_released(cfg.method, cfg.resolved_backbone(), cfg.phi)
+            owner = RETRIEVAL_PHI_OF.get(cfg.method, cfg.method)
+            spec = select_released(owner, cfg.resolved_backbone(), cfg.phi)
             found["phi_weights"] = resolve_phi_weights(spec, cfg.weights)
             found["clip_weights"] = resolve_weights(spec.backbone, cfg.weights)
         else:
@@ -180,6 +338,9 @@ def build(cfg: EvalConfig):
         }
         if cfg.phi:
             options["phi"] = cfg.phi
+    if cfg.method == "cig":
+        # the split too: the official fusion weight is per benchmark split
+        options.update({k: getattr(cfg, k) for k in CIG_OPTIONS}, form=cfg.benchmark, split=cfg.split)
     method = build_method(cfg.method, cfg.profile, **options)
     if cfg.caption_join is not None:
         method.caption_join = cfg.caption_join
@@ -223,6 +384,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "layout": benchmark.meta.get("layout"),
         "missing_images": report.summary() if report is not None else None,
         "weights": {k: str(v) for k, v in found.items() if k.endswith("weights")},
+        "generator_files": found.get("generator_files"),
         "model": {"clip": method.clip.name, "clip_hash": method.clip.hash},
         "timings_s": {
             "load_benchmark": t_loaded - t_start,

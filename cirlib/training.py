@@ -20,19 +20,24 @@ from cirlib.models.clip import CLIPModel
 from cirlib.models.tiny import (
     CLIP_NAME,
     CLIP_RECIPE,
+    GENERATOR_NAME,
+    GENERATOR_RECIPE,
     PIC2WORD_NAME,
     PIC2WORD_RECIPE,
     SEARLE_NAME,
     SEARLE_RECIPE,
     _recipe_config,
+    generator_config,
+    generator_snapshot_name,
     train_command,
     train_tiny_clip,
+    train_tiny_generator,
     train_tiny_pic2word,
     train_tiny_searle,
 )
 from cirlib.world import pretraining_pairs
 
-ALL_MODELS = (CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, COMBINER_NAME)
+ALL_MODELS = (CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, COMBINER_NAME, GENERATOR_NAME)
 
 
 def heldout_text_to_image_r1(clip: CLIPModel, n: int = 1000, seed: int = 99) -> float:
@@ -91,6 +96,26 @@ def train_all(
         metrics = {"train_seconds": round(time.perf_counter() - start, 1)}
         _save(COMBINER_NAME, combiner, combiner_config(clip), COMBINER_RECIPE.seed, metrics, root)
         report[COMBINER_NAME] = metrics
+    retrained_phi = PIC2WORD_NAME in report
+    if needed(GENERATOR_NAME) or ((CLIP_NAME in report or retrained_phi) and GENERATOR_NAME in names):
+        # CIG's generator is conditioned through the Pic2Word phi: it is retrained with it.
+        phi = zoo.load_checkpoint(PIC2WORD_NAME, root=root)
+        start = time.perf_counter()
+        if from_scratch:
+            _clear_resume(GENERATOR_NAME)
+        final, snapshots = train_tiny_generator(clip, phi)  # type: ignore[arg-type]
+        metrics = {"train_seconds": round(time.perf_counter() - start, 1)}
+        for step, snapshot in snapshots.items():
+            _save(
+                generator_snapshot_name(step),
+                snapshot,
+                generator_config(clip, phi, step),
+                GENERATOR_RECIPE.seed,
+                {},
+                root,
+            )  # type: ignore[arg-type]
+        _save(GENERATOR_NAME, final, generator_config(clip, phi), GENERATOR_RECIPE.seed, metrics, root)  # type: ignore[arg-type]
+        report[GENERATOR_NAME] = metrics
     return report
 
 

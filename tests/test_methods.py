@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_components import MICRO_CLIP  # noqa: E402
 
 from cirlib.cli import main
 from cirlib.evaluation import evaluate, paired_differences, result_rows
@@ -26,11 +27,7 @@ from cirlib.models.phi import Phi
 from cirlib.retrieval import EmbeddingCache
 from cirlib.world import load_world_benchmark, training_triplets
 
-MICRO = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+MICRO = MICRO_CLIP
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +216,7 @@ def test_cli_eval_lists_methods(capsys):
     assert "SUPERVISED" in out
     assert main(["eval", "--list-methods", "--profile", "paper"]) == 0
     paper = {line.split("\t")[0] for line in capsys.readouterr().out.splitlines()}
-    assert paper == {"image", "text", "sum", "pic2word", "searle", "lincir"}
+    assert paper == {"image", "text", "sum", "pic2word", "searle", "lincir", "cig"}
 
 
 def test_cli_eval_errors_are_one_line(capsys, tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_components import register_random_backbone
 
 from cirlib.cli import main
 from cirlib.config import REPO_ROOT
@@ -32,24 +33,7 @@ TEST_ARCH = "cirlib-test-ViT-T-16"
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A weights folder holding a random tiny open_clip CLIP registered as paper backbone TEST_ARCH."""
-    import open_clip
-    import safetensors.torch
-
-    root = tmp_path_factory.mktemp("backbone")
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-    }
-    (root / f"{TEST_ARCH}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(root / f"{TEST_ARCH}.json")
-    backbone = weights_mod.PaperBackbone(TEST_ARCH, "random", "none/none", quick_gelu=True)
-    weights_mod.PAPER_BACKBONES[TEST_ARCH] = backbone
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**cfg, quick_gelu=True)
-    folder = root / "weights"
-    folder.mkdir()
-    safetensors.torch.save_file(model.state_dict(), folder / weights_mod.expected_filename(backbone))
+    folder = register_random_backbone(tmp_path_factory.mktemp("backbone"), TEST_ARCH)
     yield folder
     weights_mod.PAPER_BACKBONES.pop(TEST_ARCH, None)
 

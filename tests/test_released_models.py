@@ -295,6 +295,12 @@ print(json.dumps([phi_torch, raised, "diffusers" in sys.modules, "transformers" 
 
 
 # --------------------------------------------------------------------------- Part 2: generation
+# The tiny diffusers / transformers builders are shared with test_cig_paper.py.
+from tiny_components import clip_tokenizer as _clip_tokenizer  # noqa: E402
+from tiny_components import text_config as _text_config  # noqa: E402
+from tiny_components import unet as _unet  # noqa: E402
+from tiny_components import vae as _vae  # noqa: E402
+
 from cirlib.generation import (  # noqa: E402
     LocalModelNotFoundError,
     caption_images,
@@ -303,17 +309,6 @@ from cirlib.generation import (  # noqa: E402
     load_llm,
     load_sd_pipeline,
 )
-
-
-def _clip_tokenizer():
-    """A CLIP BPE tokenizer over single letters (vocab written here; no download)."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def _byte_tokenizer(**specials):
@@ -325,68 +320,6 @@ def _byte_tokenizer(**specials):
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = len(vocab)
     return GPT2Tokenizer(vocab=vocab, merges=[], model_max_length=128, **specials)
-
-
-def _unet(seed: int, sdxl: bool):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    extra = (
-        {
-            "cross_attention_dim": 32,  # the two text encoders' widths concatenated
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": 4,
-            "projection_class_embeddings_input_dim": 6 * 4 + 16,  # 6 time ids + pooled text (16)
-            "use_linear_projection": True,
-        }
-        if sdxl
-        else {"cross_attention_dim": 16}
-    )
-    return UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        attention_head_dim=2,
-        **extra,
-    )
-
-
-def _vae(seed: int):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    )
-
-
-def _text_config(vocab_size: int):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=16,
-        intermediate_size=32,
-        num_attention_heads=2,
-        num_hidden_layers=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=77,
-        projection_dim=16,
-    )
 
 
 @pytest.fixture(scope="module")

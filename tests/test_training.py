@@ -22,11 +22,19 @@ def test_cirlib_train_writes_a_verified_registry(tmp_path):
     cmd = [sys.executable, "-m", "cirlib", "train", "--from-scratch", "--root", str(root)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=900)
     report = json.loads(out.stdout)
-    assert set(report) == {"tiny-clip", "tiny-phi-pic2word", "tiny-phi-searle", "tiny-combiner-supervised"}
+    assert set(report) == {
+        "tiny-clip",
+        "tiny-phi-pic2word",
+        "tiny-phi-searle",
+        "tiny-combiner-supervised",
+        "tiny-cig-generator",
+    }
     registry = json.loads((root / "registry.json").read_text())
+    assert "tiny-cig-generator-step00002" in registry  # the micro recipe's snapshot
     for name, entry in registry.items():
         assert (root / entry["file"]).is_file()
-        assert entry["command"] == f"cirlib train --only {name} --from-scratch"
+        owner = "tiny-cig-generator" if name.startswith("tiny-cig-generator") else name
+        assert entry["command"] == f"cirlib train --only {owner} --from-scratch"
     clip_hash = None
     from cirlib.models import zoo
 
@@ -34,6 +42,8 @@ def test_cirlib_train_writes_a_verified_registry(tmp_path):
     clip_hash = clip.hash
     assert zoo.load_checkpoint("tiny-phi-pic2word", root=root).clip_hash == clip_hash
     assert zoo.load_checkpoint("tiny-combiner-supervised", root=root).clip_hash == clip_hash
+    assert zoo.load_checkpoint("tiny-cig-generator", root=root).clip_hash == clip_hash
+    assert zoo.load_checkpoint("tiny-cig-generator-step00002", root=root).clip_hash == clip_hash
     # nothing to do the second time
     again = subprocess.run(
         cmd[:-3] + ["--root", str(root)], capture_output=True, text=True, env=env, check=True, timeout=300

@@ -1,28 +1,72 @@
-"""Generative models of the paper profile (diffusion, captioning, LLM), loaded from local folders only.
+"""Generative models: CIG's composed-image generator (tiny profile, trained here) and the paper
+profile's local-folder loaders (Stable Diffusion 1.5 / SDXL, BLIP-2, an instruction LLM).
 
-See :mod:`cirlib.generation.pipelines`.
+``composed``: the tiny generator (diffusers ``UNet2DConditionModel``), its training, seeded sampling,
+CIG's quality filter and the pseudo-target cache; ``paper_cig``: CIG over SD / SDXL with released
+phis; ``pipelines``: the local loaders. Attributes are imported lazily (PEP 562), so that path
+checks need neither torch nor diffusers.
 """
 
-from cirlib.generation.pipelines import (
-    CAPTIONER_UPSTREAM,
-    LLM_UPSTREAM,
-    SD_UPSTREAM,
-    LocalModelNotFoundError,
-    caption_images,
-    generate_text,
-    load_captioner,
-    load_llm,
-    load_sd_pipeline,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CAPTIONER_UPSTREAM",
-    "LLM_UPSTREAM",
-    "SD_UPSTREAM",
-    "LocalModelNotFoundError",
-    "caption_images",
-    "generate_text",
-    "load_captioner",
-    "load_llm",
-    "load_sd_pipeline",
-]
+import importlib
+from typing import Any
+
+#: public name -> submodule that defines it
+_LAZY: dict[str, str] = {
+    **{
+        name: "cirlib.generation.pipelines"
+        for name in (
+            "CAPTIONER_UPSTREAM",
+            "LLM_UPSTREAM",
+            "SD_UPSTREAM",
+            "LocalModelNotFoundError",
+            "caption_images",
+            "generate_text",
+            "load_captioner",
+            "load_llm",
+            "load_sd_pipeline",
+        )
+    },
+    **{
+        name: "cirlib.generation.composed"
+        for name in (
+            "GeneratorArch",
+            "GeneratorTrainConfig",
+            "GeneratorUNet",
+            "PseudoTargetCache",
+            "PseudoTargetGenerator",
+            "SamplingConfig",
+            "TinyComposedGenerator",
+            "generate_with_retries",
+            "train_generator",
+        )
+    },
+    **{
+        name: "cirlib.generation.paper_cig"
+        for name in (
+            "CIG_PHIS",
+            "CIG_PROMPT",
+            "MissingGeneratorFilesError",
+            "PseudoTokenEncoder",
+            "StableDiffusionComposedGenerator",
+            "load_paper_cig_generator",
+            "resolve_generator_files",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cirlib.generation' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = sorted(_LAZY)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from cirlib.methods.base import (
     METHOD_INFO,
     METHODS,
@@ -128,6 +130,87 @@ def _searle(profile: str = "tiny", backbone: str | None = None, weights=None, **
 @register("lincir", profiles=("paper",), description="LinCIR phi trained on text only (released)")
 def _lincir(profile: str = "paper", backbone: str | None = None, weights=None, **options) -> Method:
     return _released("lincir", backbone, weights, **options)
+
+
+#: --precision -> the generator's torch dtype
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@register("cig", description="CIG: phi(reference) + phi(generated pseudo-target), text-level fusion")
+def _cig(
+    profile: str = "tiny",
+    backbone: str | None = None,
+    weights=None,
+    *,
+    generator: Path | str | None = None,
+    generator_kind: str = "sdxl",
+    unet: Path | str | None = None,
+    vae: Path | str | None = None,
+    fusion_weight: float | None = None,
+    fusion: str = "text",
+    n_generated: int = 1,
+    generation_steps: int | None = None,
+    guidance: float | None = None,
+    split: str | None = None,
+    **options,
+) -> Method:
+    """Tiny: the Pic2Word phi and the generator trained here (:mod:`cirlib.generation.composed`;
+    ``generator`` may name one of its training snapshots, see ``cirlib.models.tiny.generator_names``).
+    Paper: a released phi for retrieval (SEARLE by default, as the official ``SEARLE_CIG``) and
+    CIG's SD / SDXL generator from local folders (:mod:`cirlib.generation.paper_cig`).
+    ``fusion_weight=None`` takes the official per-split value when the split is known, else the
+    official CIRR val value 0.85."""
+    from cirlib.methods.cig import CIG, official_fusion_weight
+
+    form = options.get("form")
+    if fusion_weight is None:
+        fusion_weight = official_fusion_weight(form, split) if form and split else 0.85
+    if profile == "tiny":
+        from cirlib.generation.composed import SamplingConfig, TinyComposedGenerator
+        from cirlib.models.tiny import GENERATOR_NAME, PIC2WORD_NAME, load_tiny
+
+        if unet is not None or vae is not None:
+            raise ValueError("--unet / --vae are paper-profile options (the tiny generator is trained here)")
+        clip = _clip(profile, None, None)
+        phi = load_tiny(PIC2WORD_NAME)
+        sampling = SamplingConfig(
+            steps=generation_steps or SamplingConfig.steps,
+            guidance_scale=SamplingConfig.guidance_scale if guidance is None else guidance,
+        )
+        checkpoint = str(generator or GENERATOR_NAME)  # tiny: a checkpoint name (e.g. a training snapshot)
+        tiny_generator = TinyComposedGenerator(load_tiny(checkpoint), clip, phi, sampling, name=checkpoint)  # type: ignore[arg-type]
+        return CIG(clip, phi, tiny_generator, fusion=fusion, weight=fusion_weight, n_images=n_generated)
+    if generator is None:
+        raise ValueError("CIG in the paper profile needs --generator: a local SD 1.5 / SDXL pipeline folder")
+    from cirlib.generation.paper_cig import load_paper_cig_generator
+
+    base = _released("searle", backbone, weights, **options)
+    assert isinstance(base, TextualInversion)
+    paper_generator = load_paper_cig_generator(
+        generator,
+        generator_kind,
+        weights=weights,
+        unet=unet,
+        vae=vae,
+        steps=generation_steps or 50,
+        guidance_scale=guidance,
+        output_size=None,
+        device=options.get("device", "cpu"),
+        # fp16 as CIG's own SDXL runs (its text encoders stay float32 inside the loader)
+        dtype=_TORCH_DTYPES[options.get("precision", "fp32")],
+    )
+    method = CIG(
+        base.clip,
+        base.phi,
+        paper_generator,
+        fusion=fusion,
+        weight=fusion_weight,
+        n_images=n_generated,
+        prompt=base.prompt,
+        phi_input_normalized=base.phi_input_normalized,
+    )
+    method.caption_join, method.caption_strip = base.caption_join, base.caption_strip
+    return method
 
 
 @register(

@@ -397,13 +397,12 @@ class CLIPModel:
 
         Mirrors the library line by line: cast, + positional embedding, transformer with the causal
         mask, ``ln_final``, pooling at EOT (``text_global_pool`` on the ids), text projection."""
+        return self.pool_text_hidden_states(self.text_hidden_states_from_embeddings(token_embeds), tokens)
+
+    def pool_text_hidden_states(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text features from the hidden states: EOT pooling, then the projection."""
         m = self.model
-        cast_dtype = m.transformer.get_cast_dtype()
-        x = token_embeds.to(cast_dtype)
-        x = x + m.positional_embedding.to(cast_dtype)
-        x = m.transformer(x, attn_mask=m.attn_mask)
-        x = m.ln_final(x)
-        x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        x = text_global_pool(hidden, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
         if m.text_projection is not None:
             if isinstance(m.text_projection, torch.nn.Linear):
                 x = m.text_projection(x)
@@ -411,20 +410,67 @@ class CLIPModel:
                 x = x @ m.text_projection
         return x
 
-    def text_features_with_pseudo(
+    def text_hidden_states_from_embeddings(self, token_embeds: torch.Tensor) -> torch.Tensor:
+        """Per-token output ``[N, L, W]`` of the text transformer after ``ln_final`` (before pooling
+        and projection): the sequence a diffusion UNet cross-attends to, as Stable Diffusion 1.x uses
+        its CLIP text encoder's last hidden state."""
+        m = self.model
+        cast_dtype = m.transformer.get_cast_dtype()
+        x = token_embeds.to(cast_dtype) + m.positional_embedding.to(cast_dtype)
+        return m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
+
+    def embeddings_with_pseudo(
         self, tokens: torch.Tensor, positions: torch.Tensor, pseudo: torch.Tensor
     ) -> torch.Tensor:
-        """Unnormalised text features with ``pseudo[i]`` in place of token ``positions[i]``.
-
-        Differentiable in ``pseudo`` (for Pic2Word / SEARLE training); the CLIP itself stays frozen."""
+        """Token embeddings ``[N, L, W]`` of ``tokens`` with ``pseudo[i]`` in place of token
+        ``positions[i]`` (differentiable in ``pseudo``)."""
         if pseudo.ndim != 2 or pseudo.shape != (tokens.shape[0], self.token_dim):
             raise ValueError(
                 f"pseudo tokens must have shape [{tokens.shape[0]}, {self.token_dim}], got {list(pseudo.shape)}"
             )
         x = self.model.token_embedding(tokens)
         mask = F.one_hot(positions, tokens.shape[1]).bool().unsqueeze(-1)  # [N, L, 1]
-        x = torch.where(mask, pseudo.to(x.dtype).unsqueeze(1), x)
-        return self.text_features_from_embeddings(x, tokens)
+        return torch.where(mask, pseudo.to(x.dtype).unsqueeze(1), x)
+
+    def text_hidden_states_with_pseudo(
+        self, texts: Sequence[str], pseudo: torch.Tensor | None = None, batch_size: int = 1024
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states ``[N, L, W]`` (see :meth:`text_hidden_states_from_embeddings`) and the
+        L2-normalised pooled text features ``[N, D]`` of ``texts``, from one pass, with ``$`` replaced by
+        ``pseudo[i]`` (``pseudo=None``: plain texts): the two conditions an SDXL-style UNet takes
+        (cross-attention sequence and pooled embedding)."""
+        if pseudo is None:
+            tokens = self.tokenize(texts)
+        else:
+            tokens, positions = self.tokenize_with_placeholder(texts)
+            pseudo = torch.as_tensor(pseudo, dtype=torch.float32)
+        states, pooled = [], []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(tokens), batch_size):
+                sl = slice(start, start + batch_size)
+                batch = tokens[sl].to(self.device)
+                if pseudo is None:
+                    embeds = self.model.token_embedding(batch)
+                else:
+                    embeds = self.embeddings_with_pseudo(
+                        batch, positions[sl].to(self.device), pseudo[sl].to(self.device)
+                    )
+                hidden = self.text_hidden_states_from_embeddings(embeds)
+                states.append(hidden.float().cpu())
+                pooled.append(F.normalize(self.pool_text_hidden_states(hidden, batch).float(), dim=-1).cpu())
+        if not states:
+            return torch.zeros(0, self.context_length, self.token_dim), torch.zeros(0, self.embed_dim)
+        return torch.cat(states).clone(), torch.cat(pooled).clone()
+
+    def text_features_with_pseudo(
+        self, tokens: torch.Tensor, positions: torch.Tensor, pseudo: torch.Tensor
+    ) -> torch.Tensor:
+        """Unnormalised text features with ``pseudo[i]`` in place of token ``positions[i]``.
+
+        Differentiable in ``pseudo`` (for Pic2Word / SEARLE training); the CLIP itself stays frozen."""
+        return self.text_features_from_embeddings(
+            self.embeddings_with_pseudo(tokens, positions, pseudo), tokens
+        )
 
     def encode_texts_with_pseudo(
         self, texts: Sequence[str], pseudo: torch.Tensor, batch_size: int = 1024

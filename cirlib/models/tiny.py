@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,9 +32,13 @@ from cirlib.models.phi import (
 )
 from cirlib.world import pretraining_pairs
 
+if TYPE_CHECKING:
+    from cirlib.generation.composed import GeneratorTrainConfig, GeneratorUNet
+
 CLIP_NAME = "tiny-clip"
 PIC2WORD_NAME = "tiny-phi-pic2word"
 SEARLE_NAME = "tiny-phi-searle"
+GENERATOR_NAME = "tiny-cig-generator"
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,30 @@ class SearleRecipe:
     distil: DistilConfig = field(default_factory=lambda: DistilConfig(steps=1000, lambda_reg=0.0))
 
 
+def _generator_train_config(**overrides) -> GeneratorTrainConfig:
+    from cirlib.generation.composed import GeneratorTrainConfig
+
+    return GeneratorTrainConfig(**overrides)
+
+
+@dataclass(frozen=True)
+class GeneratorRecipe:
+    """CIG's composed-image generator (:mod:`cirlib.generation.composed`): world image-caption pairs
+    the CLIP never saw, conditioned through the Pic2Word phi (our better-composing phi, notebook 01)."""
+
+    n_pairs: int = 20_000
+    data_seed: int = 3
+    seed: int = 0
+    phi: str = PIC2WORD_NAME
+    train: GeneratorTrainConfig = field(
+        default_factory=lambda: _generator_train_config(steps=2400, lr=1e-3, snapshot_steps=(300, 600, 1200))
+    )
+
+
 CLIP_RECIPE = ClipRecipe()
 PIC2WORD_RECIPE = Pic2WordRecipe()
 SEARLE_RECIPE = SearleRecipe()
+GENERATOR_RECIPE = GeneratorRecipe()
 
 #: ``CIRLIB_RECIPES=micro`` swaps in recipes that train in seconds (pipeline checks and tests that
 #: must not depend on committed checkpoints). Their checkpoints have other config hashes, so they
@@ -85,6 +111,10 @@ if MICRO:
         oti=OTIConfig(steps=3, batch_size=64),
         distil=DistilConfig(steps=4, batch_size=64, lambda_reg=0.0),
     )
+    GENERATOR_RECIPE = GeneratorRecipe(
+        n_pairs=128,
+        train=_generator_train_config(steps=4, batch_size=16, snapshot_steps=(2,), checkpoint_every=2),
+    )
 elif os.environ.get("CIRLIB_RECIPES") not in (None, "", "default"):
     raise ValueError(f"CIRLIB_RECIPES must be 'default' or 'micro', not {os.environ['CIRLIB_RECIPES']!r}")
 
@@ -96,7 +126,10 @@ def default_root() -> Path | None:
 
 
 def train_command(name: str) -> str:
-    """The command that rebuilds checkpoint ``name`` (recorded in the registry, quoted in errors)."""
+    """The command that rebuilds checkpoint ``name`` (recorded in the registry, quoted in errors); the
+    generator's snapshots come from the generator's own training run."""
+    if name.startswith(f"{GENERATOR_NAME}-step"):
+        name = GENERATOR_NAME
     return f"cirlib train --only {name} --from-scratch"
 
 
@@ -139,12 +172,89 @@ def train_tiny_searle(clip: CLIPModel, recipe: SearleRecipe = SEARLE_RECIPE, pro
     return train_phi_distilled(clip, features, tokens, recipe.distil, recipe.seed, progress=progress)
 
 
+def generator_snapshot_name(step: int) -> str:
+    """Checkpoint name of the generator's EMA weights after ``step`` training steps."""
+    return f"{GENERATOR_NAME}-step{step:05d}"
+
+
+def generator_training_step(name: str) -> int:
+    """How many training steps the generator checkpoint ``name`` (final or snapshot) had."""
+    if name == GENERATOR_NAME:
+        return GENERATOR_RECIPE.train.steps
+    if not name.startswith(f"{GENERATOR_NAME}-step"):
+        raise KeyError(f"{name!r} is not a generator checkpoint; known: {', '.join(generator_names())}")
+    return int(name.rsplit("step", 1)[1])
+
+
+def generator_names() -> list[str]:
+    """The final generator and its snapshots (the training-steps ablation), by training step."""
+    return [generator_snapshot_name(s) for s in GENERATOR_RECIPE.train.snapshot_steps] + [GENERATOR_NAME]
+
+
+def generator_config(clip: CLIPModel, phi: Phi, snapshot_step: int | None = None) -> dict:
+    from cirlib.retrieval import content_digest
+
+    config = {
+        **_recipe_config(GENERATOR_RECIPE, clip),
+        "phi_digest": content_digest({k: v.numpy() for k, v in phi.state_dict().items()}),
+    }
+    if snapshot_step is not None:
+        config["snapshot_step"] = snapshot_step
+    return config
+
+
+def train_tiny_generator(
+    clip: CLIPModel, phi: Phi, recipe: GeneratorRecipe | None = None, progress: bool = True
+) -> tuple[GeneratorUNet, dict[int, GeneratorUNet]]:
+    """The final EMA generator and its snapshots, trained on world pairs (resumable)."""
+    from cirlib.generation.composed import train_generator
+
+    recipe = recipe or GENERATOR_RECIPE
+    data = pretraining_pairs(recipe.n_pairs, recipe.data_seed)
+    return train_generator(
+        clip,
+        phi,
+        data.images,
+        data.captions,
+        recipe.train,
+        recipe.seed,
+        resume_dir=_resume_dir(GENERATOR_NAME),
+        progress=progress,
+    )
+
+
+def _train_generator_into(root: Path | None, wanted: str, progress: bool):
+    """Train the generator, register every snapshot under ``root`` (the cache by default), and return
+    the one called ``wanted`` (:func:`zoo.load_or_train` registers that one itself)."""
+    clip, phi = (
+        load_tiny(CLIP_NAME, root=root, progress=progress),
+        load_tiny(PIC2WORD_NAME, root=root, progress=progress),
+    )
+    final, snapshots = train_tiny_generator(clip, phi, progress=progress)  # type: ignore[arg-type]
+    models = {generator_snapshot_name(s): m for s, m in snapshots.items()} | {GENERATOR_NAME: final}
+    target = root if root is not None else zoo.cache_models_root()
+    for name, model in models.items():
+        if name != wanted:
+            step = generator_training_step(name) if name != GENERATOR_NAME else None
+            zoo.save_checkpoint(
+                name,
+                model,
+                generator_config(clip, phi, step),
+                GENERATOR_RECIPE.seed,
+                train_command(GENERATOR_NAME),
+                root=target,  # type: ignore[arg-type]
+            )
+    return models[wanted]
+
+
 #: Models already loaded in this process, by (name, root): they are immutable, and every
 #: method of a notebook shares one CLIP instead of reading and hashing it again.
-_LOADED: dict[tuple[str, str], CLIPModel | Phi] = {}
+_LOADED: dict[tuple[str, str], CLIPModel | Phi | torch.nn.Module] = {}
 
 
-def load_tiny(name: str, *, root: Path | None = None, progress: bool = True) -> CLIPModel | Phi:
+def load_tiny(
+    name: str, *, root: Path | None = None, progress: bool = True
+) -> CLIPModel | Phi | torch.nn.Module:
     """A tiny-profile model by checkpoint name: committed if present, else trained and cached."""
     root = default_root() if root is None else root
     key = (name, str(root))
@@ -153,7 +263,7 @@ def load_tiny(name: str, *, root: Path | None = None, progress: bool = True) -> 
     return _LOADED[key]
 
 
-def _load_tiny(name: str, root: Path | None, progress: bool) -> CLIPModel | Phi:
+def _load_tiny(name: str, root: Path | None, progress: bool) -> CLIPModel | Phi | torch.nn.Module:
     if name == CLIP_NAME:
         train: Callable[[], CLIPModel | Phi] = lambda: train_tiny_clip(progress=progress)  # noqa: E731
         config = _recipe_config(CLIP_RECIPE, None)
@@ -167,8 +277,17 @@ def _load_tiny(name: str, root: Path | None, progress: bool) -> CLIPModel | Phi:
         else:
             config, seed = _recipe_config(SEARLE_RECIPE, clip), SEARLE_RECIPE.seed
             train = lambda: train_tiny_searle(clip, progress=progress)  # noqa: E731
+    elif name in generator_names():
+        clip, phi = (
+            load_tiny(CLIP_NAME, root=root, progress=progress),
+            load_tiny(PIC2WORD_NAME, root=root, progress=progress),
+        )
+        step = None if name == GENERATOR_NAME else generator_training_step(name)
+        config, seed = generator_config(clip, phi, step), GENERATOR_RECIPE.seed  # type: ignore[arg-type]
+        train = lambda: _train_generator_into(root, name, progress)  # noqa: E731
     else:
-        raise KeyError(f"unknown tiny model {name!r}; known: {CLIP_NAME}, {PIC2WORD_NAME}, {SEARLE_NAME}")
+        known = ", ".join([CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, *generator_names()])
+        raise KeyError(f"unknown tiny model {name!r}; known: {known}")
     with torch.random.fork_rng():
         return zoo.load_or_train(
             name, train, config=config, seed=seed, command=train_command(name), root=root

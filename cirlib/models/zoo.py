@@ -46,7 +46,10 @@ Model = CLIPModel | Phi | torch.nn.Module
 
 #: Other modules the zoo stores: kind -> (module, class). Each has an ``arch`` dict of constructor
 #: arguments and a ``clip_hash``; named by path so the zoo need not import the methods layer.
-MODULE_KINDS: dict[str, tuple[str, str]] = {"combiner": ("cirlib.methods.supervised", "Combiner")}
+MODULE_KINDS: dict[str, tuple[str, str]] = {
+    "combiner": ("cirlib.methods.supervised", "Combiner"),
+    "generator": ("cirlib.generation.composed", "GeneratorUNet"),
+}
 
 
 class CheckpointError(RuntimeError):

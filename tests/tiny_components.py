@@ -1,0 +1,174 @@
+"""Tiny random diffusers / transformers components for offline tests (no download, CPU, seconds).
+
+Shared by ``test_released_models.py`` (the local-folder loaders) and ``test_cig_paper.py`` (CIG's
+pseudo-target generator). Every builder is seeded, so the same call gives the same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def clip_tokenizer(symbols: Sequence[str] = ()) -> Any:
+    """A CLIP BPE tokenizer over single letters (vocab written here; no download).
+
+    ``symbols`` adds single-character words such as ``"$"`` (as ``"$</w>"``, the form the real CLIP
+    vocabulary holds them in), so that a free-standing placeholder is one token as in CLIP."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    for s in symbols:
+        vocab[s] = len(vocab)
+        vocab[s + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def unet(seed: int, sdxl: bool) -> Any:
+    """A two-level UNet2DConditionModel; SDXL's has the text-time additional embedding."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    extra = (
+        {
+            "cross_attention_dim": 32,  # the two text encoders' widths concatenated
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 4,
+            "projection_class_embeddings_input_dim": 6 * 4 + 16,  # 6 time ids + pooled text (16)
+            "use_linear_projection": True,
+        }
+        if sdxl
+        else {"cross_attention_dim": 16}
+    )
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=2,
+        **extra,
+    )
+
+
+def vae(seed: int) -> Any:
+    """A two-level AutoencoderKL (scale factor 2: 32x32 images have 16x16 latents)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+
+
+def text_config(vocab_size: int) -> Any:
+    """A two-layer CLIP text config of width 16 (projection 16)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=77,
+        projection_dim=16,
+    )
+
+
+def save_sd15_pipeline(folder: Path, seed: int = 0, tokenizer: Any = None) -> Path:
+    """A tiny random ``StableDiffusionPipeline`` (no safety checker) saved to ``folder``."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    tok = tokenizer if tokenizer is not None else clip_tokenizer()
+    torch.manual_seed(seed)
+    StableDiffusionPipeline(
+        vae=vae(seed),
+        text_encoder=CLIPTextModel(text_config(len(tok))),
+        tokenizer=tok,
+        unet=unet(seed, sdxl=False),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
+    return folder
+
+
+def save_sdxl_pipeline(folder: Path, seed: int = 1, tokenizer: Any = None) -> Path:
+    """A tiny random ``StableDiffusionXLPipeline`` (two text encoders, no watermark) saved to ``folder``."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tok = tokenizer if tokenizer is not None else clip_tokenizer()
+    torch.manual_seed(seed)
+    StableDiffusionXLPipeline(
+        vae=vae(seed),
+        text_encoder=CLIPTextModel(text_config(len(tok))),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(len(tok))),
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet(seed, sdxl=True),
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", steps_offset=1),
+        add_watermarker=False,
+    ).save_pretrained(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------- CLIPs
+#: Micro widths of the real kind (open_clip.CLIP, real tokenizer and vocabulary): tests take seconds.
+MICRO_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+#: A random paper-profile backbone: 16-d features, 77-token context like the real CLIPs.
+TINY_PAPER_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+def register_random_backbone(root: Path, arch: str) -> Path:
+    """Register ``arch`` as a paper-profile backbone (open_clip config + ``PAPER_BACKBONES`` entry) and
+    write random weights for it into ``root / "weights"`` under the expected file name; returns that
+    folder. Undo with ``PAPER_BACKBONES.pop(arch)``."""
+    import json
+
+    import open_clip
+    import safetensors.torch
+
+    from cirlib.models import weights as weights_mod
+
+    (root / f"{arch}.json").write_text(json.dumps(TINY_PAPER_CLIP))
+    open_clip.add_model_config(root / f"{arch}.json")
+    backbone = weights_mod.PaperBackbone(arch, "random", "none/none", quick_gelu=True)
+    weights_mod.PAPER_BACKBONES[arch] = backbone
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_PAPER_CLIP, quick_gelu=True)
+    folder = root / "weights"
+    folder.mkdir()
+    safetensors.torch.save_file(model.state_dict(), folder / weights_mod.expected_filename(backbone))
+    return folder
