@@ -26,6 +26,17 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+# torch-free: these paths are checked before torch is imported
+from cirlib.generation.files import (
+    CIG_PHIS,
+    LOCAL_ONLY,
+    SD_UPSTREAM,
+    UNET_UPSTREAM,
+    VAE_UPSTREAM,
+    folder_problem,
+    unet_folder,
+)
+
 log = logging.getLogger("cirlib.run")
 
 #: Methods that load a released textual-inversion network in the paper profile.
@@ -49,21 +60,6 @@ CIG_OPTIONS: dict[str, str] = {
 #: profile's cig samples the generator trained on the world).
 CIG_PAPER_OPTIONS = ("generator", "generator_kind", "unet", "vae")
 GENERATOR_KINDS = ("sdxl", "sd15")
-#: The released phis conditioning each text encoder of CIG's generator, per pipeline kind. The same as
-#: ``cirlib.generation.paper_cig.CIG_PHIS`` (a test keeps them equal): repeated here because importing
-#: ``cirlib.generation`` imports torch, and these paths are checked before torch is imported.
-CIG_GENERATOR_PHIS: dict[str, tuple[str, ...]] = {
-    "sdxl": ("cig-lincir-vit-l14", "lincir-vit-bigg14"),
-    "sd15": ("cig-lincir-vit-l14",),
-}
-#: What each folder option of cig's generator should hold.
-_GENERATOR_UPSTREAM = {
-    "sdxl": "the SDXL pipeline stabilityai/stable-diffusion-xl-base-1.0 (CIG's base)",
-    "sd15": "a Stable Diffusion 1.x pipeline, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5",
-}
-_HOW = (
-    "saved with save_pretrained or `huggingface-cli download REPO --local-dir DIR` (cirlib never downloads)"
-)
 
 
 @dataclass
@@ -181,20 +177,15 @@ def check_method_options(cfg: EvalConfig, given: Any = None) -> None:
     elif cfg.generator is None:
         raise RunError(
             "--method cig --profile paper needs --generator DIR: a local Stable Diffusion pipeline folder, "
-            f"{_GENERATOR_UPSTREAM['sdxl']} (or, with --generator-kind sd15, {_GENERATOR_UPSTREAM['sd15']}), "
-            f"{_HOW}; CIG's fine-tuned UNet goes in --unet DIR and its VAE (madebyollin/sdxl-vae-fp16-fix) "
+            f"{SD_UPSTREAM['sdxl']} (or, with --generator-kind sd15, {SD_UPSTREAM['sd15']}), "
+            f"{LOCAL_ONLY}; CIG's fine-tuned UNet goes in --unet DIR and its VAE (madebyollin/sdxl-vae-fp16-fix) "
             "in --vae DIR"
         )
 
 
 def _folder_problem(path: Path, option: str, index_file: str, what: str) -> str | None:
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        state = "is a file, not a folder" if folder.exists() else "does not exist"
-        return f"{option} {path} {state}; it should hold {what}, {_HOW}"
-    if not (folder / index_file).is_file():
-        return f"{option} {path} has no {index_file}, so it is not a saved model folder; it should hold {what}, {_HOW}"
-    return None
+    problem = folder_problem(path, required=(index_file,))
+    return None if problem is None else f"{option} {path} {problem}; it should hold {what}, {LOCAL_ONLY}"
 
 
 def check_generator_paths(cfg: EvalConfig) -> dict[str, str]:
@@ -208,23 +199,19 @@ def check_generator_paths(cfg: EvalConfig) -> dict[str, str]:
     problems: list[str] = []
     found: dict[str, str] = {"generator": str(cfg.generator)}
     problem = _folder_problem(
-        cfg.generator, "--generator", "model_index.json", _GENERATOR_UPSTREAM[cfg.generator_kind]
+        cfg.generator, "--generator", "model_index.json", SD_UPSTREAM[cfg.generator_kind]
     )
     problems += [problem] if problem else []
     if cfg.unet is not None:
-        unet = Path(cfg.unet).expanduser()
-        if not (unet / "config.json").is_file() and (unet / "unet" / "config.json").is_file():
-            unet = unet / "unet"  # CIG's --model_path holds the UNet in a 'unet' subfolder
-        what = "a UNet2DConditionModel folder, e.g. CIG's fine-tuned SDXL UNet ({model_path}/unet)"
-        problem = _folder_problem(unet, "--unet", "config.json", what)
+        unet = unet_folder(cfg.unet)
+        problem = _folder_problem(unet, "--unet", "config.json", UNET_UPSTREAM)
         problems += [problem] if problem else []
         found["unet"] = str(unet)
     if cfg.vae is not None:
-        what = "an AutoencoderKL folder, e.g. madebyollin/sdxl-vae-fp16-fix (the VAE CIG uses)"
-        problem = _folder_problem(cfg.vae, "--vae", "config.json", what)
+        problem = _folder_problem(cfg.vae, "--vae", "config.json", VAE_UPSTREAM)
         problems += [problem] if problem else []
         found["vae"] = str(cfg.vae)
-    for name in CIG_GENERATOR_PHIS[cfg.generator_kind]:
+    for name in CIG_PHIS[cfg.generator_kind]:
         spec = released_phi(name)
         for role, resolve, what in (
             (f"phi:{name}", resolve_phi_weights, spec),

@@ -21,14 +21,12 @@ from cirlib.models.tiny import (
     CLIP_NAME,
     CLIP_RECIPE,
     GENERATOR_NAME,
-    GENERATOR_RECIPE,
     PIC2WORD_NAME,
     PIC2WORD_RECIPE,
     SEARLE_NAME,
     SEARLE_RECIPE,
     _recipe_config,
-    generator_config,
-    generator_snapshot_name,
+    save_generator,
     train_command,
     train_tiny_clip,
     train_tiny_generator,
@@ -105,16 +103,7 @@ def train_all(
             _clear_resume(GENERATOR_NAME)
         final, snapshots = train_tiny_generator(clip, phi)  # type: ignore[arg-type]
         metrics = {"train_seconds": round(time.perf_counter() - start, 1)}
-        for step, snapshot in snapshots.items():
-            _save(
-                generator_snapshot_name(step),
-                snapshot,
-                generator_config(clip, phi, step),
-                GENERATOR_RECIPE.seed,
-                {},
-                root,
-            )  # type: ignore[arg-type]
-        _save(GENERATOR_NAME, final, generator_config(clip, phi), GENERATOR_RECIPE.seed, metrics, root)  # type: ignore[arg-type]
+        save_generator(final, snapshots, clip, phi, root, metrics)  # type: ignore[arg-type]
         report[GENERATOR_NAME] = metrics
     return report
 

@@ -45,7 +45,8 @@ from cirlib.models.clip import TINY_CLIP_CONFIG, CLIPModel, PlaceholderError, bu
 from cirlib.models.phi import Phi
 from cirlib.models.released import RELEASED_PHIS, to_upstream_checkpoint
 from cirlib.models.weights import MissingWeightsError
-from cirlib.run import CIG_GENERATOR_PHIS, EvalConfig, RunError, check_method_options, check_paths
+from cirlib.run import CIG_PHIS as RUN_CIG_PHIS
+from cirlib.run import EvalConfig, RunError, check_method_options, check_paths
 
 TEXTS = ["is red", "has two dogs", "is blue and round", "is bigger", "has no logo"]
 WORD = "x"  # one token in the tiny vocabulary ("x</w>")
@@ -452,7 +453,7 @@ def test_cig_option_values_and_profiles_are_checked() -> None:
         "generation_steps": 5,
     }
     check_method_options(EvalConfig(**tiny, guidance=0.0))  # the tiny generator has steps and guidance too
-    assert CIG_GENERATOR_PHIS == CIG_PHIS  # run.py repeats them to stay torch-free
+    assert RUN_CIG_PHIS is CIG_PHIS  # one mapping, shared through the torch-free cirlib.generation.files
 
 
 def test_cig_paper_needs_generator_before_torch_is_imported() -> None:

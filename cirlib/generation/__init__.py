@@ -3,7 +3,7 @@ profile's local-folder loaders (Stable Diffusion 1.5 / SDXL, BLIP-2, an instruct
 
 ``composed``: the tiny generator (diffusers ``UNet2DConditionModel``), its training, seeded sampling,
 CIG's quality filter and the pseudo-target cache; ``paper_cig``: CIG over SD / SDXL with released
-phis; ``pipelines``: the local loaders. Attributes are imported lazily (PEP 562), so that path
+phis; ``pipelines``: the local loaders; ``files``: where their local files are expected (no torch). Attributes are imported lazily (PEP 562), so that path
 checks need neither torch nor diffusers.
 """
 
@@ -15,18 +15,20 @@ from typing import Any
 #: public name -> submodule that defines it
 _LAZY: dict[str, str] = {
     **{
-        name: "cirlib.generation.pipelines"
+        name: "cirlib.generation.files"  # no torch: path checks
         for name in (
             "CAPTIONER_UPSTREAM",
+            "CIG_PHIS",
             "LLM_UPSTREAM",
             "SD_UPSTREAM",
             "LocalModelNotFoundError",
-            "caption_images",
-            "generate_text",
-            "load_captioner",
-            "load_llm",
-            "load_sd_pipeline",
+            "MissingGeneratorFilesError",
+            "resolve_generator_files",
         )
+    },
+    **{
+        name: "cirlib.generation.pipelines"
+        for name in ("caption_images", "generate_text", "load_captioner", "load_llm", "load_sd_pipeline")
     },
     **{
         name: "cirlib.generation.composed"
@@ -45,13 +47,10 @@ _LAZY: dict[str, str] = {
     **{
         name: "cirlib.generation.paper_cig"
         for name in (
-            "CIG_PHIS",
             "CIG_PROMPT",
-            "MissingGeneratorFilesError",
             "PseudoTokenEncoder",
             "StableDiffusionComposedGenerator",
             "load_paper_cig_generator",
-            "resolve_generator_files",
         )
     },
 }

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cirlib.config import atomic_write_bytes, progress_bar
+from cirlib.config import progress_bar
 from cirlib.generation.paper_cig import CIG_PROMPT  # for training (captions) and generation (edits)
-from cirlib.models.clip import CLIPModel, EpochSampler, torch_threads
+from cirlib.models.clip import STATE_FILE, CLIPModel, EpochSampler, save_training_state, torch_threads
 from cirlib.retrieval import EmbeddingCache, content_digest
 
 #: The official filter: reject an image whose mean brightness (0-255) is at most this, re-seed.
@@ -200,9 +200,6 @@ class GeneratorTrainConfig:
     checkpoint_every: int = 200
 
 
-STATE_FILE = "train_state.pt"
-
-
 def _lr_at(step: int, cfg: GeneratorTrainConfig) -> float:
     """Linear warm-up, then constant (the usual diffusion fine-tuning schedule; snapshots taken
     along the way are then the same run stopped early, not another schedule)."""
@@ -270,10 +267,8 @@ def train_generator(
         def save_state(step: int) -> None:
             if state_path is None:
                 return
-            import io
-
-            buf = io.BytesIO()
-            torch.save(
+            save_training_state(
+                state_path,
                 {
                     "key": key,
                     "step": step,
@@ -282,9 +277,7 @@ def train_generator(
                     "optimiser": optimiser.state_dict(),
                     "snapshots": {str(k): v for k, v in snapshots.items()},
                 },
-                buf,
             )
-            atomic_write_bytes(state_path, buf.getvalue())
 
         bar = progress_bar(
             range(start, config.steps),
@@ -503,14 +496,11 @@ class PseudoTargetCache:
         found: dict[int, np.ndarray] = {}
         missing = []
         for i, (digest, text, seed) in enumerate(zip(reference_digests, texts, seeds, strict=True)):
-            path, _ = self.cache.paths(self.namespace, self._key(digest, text, seed))
-            if path.exists():
-                array = self.cache.get_or_compute(
-                    self.namespace,
-                    self._key(digest, text, seed),
-                    lambda i=i: self._one(references, texts, seeds, i),
+            key = self._key(digest, text, seed)
+            if self.cache.paths(self.namespace, key)[0].exists():
+                found[i] = self.cache.get_or_compute(
+                    self.namespace, key, lambda i=i: self._one(references, texts, seeds, i)
                 )
-                found[i] = array
             else:
                 missing.append(i)
         if missing:

@@ -52,23 +52,20 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 
-from cirlib.generation.pipelines import (
-    SD_UPSTREAM,
-    UNET_UPSTREAM,
-    VAE_UPSTREAM,
-    LocalModelNotFoundError,
-    _local_dir,
-    load_sd_pipeline,
+from cirlib.generation.files import (
+    CIG_PHIS,
+    GeneratorFiles,
+    MissingGeneratorFilesError,
+    resolve_generator_files,
 )
-from cirlib.models.released import ReleasedPhi, released_phi, resolve_phi_weights
-from cirlib.models.weights import MissingWeightsError, resolve_weights
+from cirlib.generation.pipelines import load_sd_pipeline
+from cirlib.models.released import ReleasedPhi
 
 if TYPE_CHECKING:  # pragma: no cover - importing cirlib.models.clip imports open_clip (and transformers)
     from cirlib.models.clip import CLIPModel
@@ -79,26 +76,10 @@ log = logging.getLogger("cirlib.generation.paper_cig")
 #: CIG's composed prompt (``extract_lincir_feat.py``): ``$`` is the pseudo token, ``{text}`` the
 #: relative caption.
 CIG_PROMPT = "a photo of $ that {text}"
-#: The released phis CIG conditions each text encoder with, in the pipeline's text-encoder order.
-CIG_PHIS: dict[str, tuple[str, ...]] = {
-    "sdxl": ("cig-lincir-vit-l14", "lincir-vit-bigg14"),
-    "sd15": ("cig-lincir-vit-l14",),
-}
 #: OpenAI ``clip.tokenize`` pads with id 0 after the end-of-text token (CIG tokenises so for both
 #: encoders; SDXL's ``tokenizer`` pads with end-of-text tokens instead, its ``tokenizer_2`` with 0).
 CLIP_TOKENIZE_PAD_ID = 0
 PLACEHOLDER = "$"  # the same placeholder as cirlib.models.clip.PLACEHOLDER (not imported: open_clip)
-
-
-class MissingGeneratorFilesError(LocalModelNotFoundError, MissingWeightsError):
-    """One or more inputs of the generator (pipeline / UNet / VAE folders, CLIP or phi weights files)
-    are missing; the message lists every one with what to put where. Catchable as either
-    :class:`LocalModelNotFoundError` or :class:`MissingWeightsError`."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        listed = "\n".join(f"  {i}. {p}" for i, p in enumerate(self.problems, 1))
-        super().__init__(f"CIG generator: {len(self.problems)} missing input(s):\n{listed}")
 
 
 class PseudoTokenEncoder(NamedTuple):
@@ -108,96 +89,6 @@ class PseudoTokenEncoder(NamedTuple):
     clip: CLIPModel
     phi: Phi
     input_normalized: bool
-
-
-# --------------------------------------------------------------------------- paths (no heavy import)
-@dataclass(frozen=True)
-class GeneratorFiles:
-    """Every local input of the generator, resolved and checked."""
-
-    kind: Literal["sd15", "sdxl"]
-    pipeline: Path
-    unet: Path | None
-    vae: Path | None
-    #: per text encoder: the released phi, its weights file, its backbone's CLIP weights file
-    phis: tuple[tuple[ReleasedPhi, Path, Path], ...] = field(default_factory=tuple)
-
-
-def _unet_folder(unet: str | Path) -> Path:
-    """CIG's ``--model_path`` holds the UNet in a ``unet`` subfolder: accept either (as
-    :func:`load_sd_pipeline` does)."""
-    candidate = Path(unet).expanduser()
-    if not (candidate / "config.json").is_file() and (candidate / "unet" / "config.json").is_file():
-        return candidate / "unet"
-    return candidate
-
-
-def resolve_generator_files(
-    pipeline_dir: str | Path,
-    kind: Literal["sd15", "sdxl"] = "sdxl",
-    *,
-    weights: str | Path | None = None,
-    unet: str | Path | None = None,
-    vae: str | Path | None = None,
-    phis: Sequence[str | ReleasedPhi] | None = None,
-) -> GeneratorFiles:
-    """Check every input of the generator without loading anything: the pipeline folder (with
-    ``model_index.json``), the optional UNet / VAE folders (with ``config.json``), and for each phi
-    (default :data:`CIG_PHIS` of ``kind``, one per text encoder) its weights file and its backbone's
-    CLIP weights file in the weights folder ``weights`` (default ``$CIRLIB_WEIGHTS``). Raises
-    :class:`MissingGeneratorFilesError` listing every missing input, each with the message of
-    :func:`load_sd_pipeline`, :func:`resolve_weights` or :func:`resolve_phi_weights`; ValueError /
-    KeyError for a bad ``kind``, phi count or phi name."""
-    if kind not in CIG_PHIS:
-        raise ValueError(f"kind must be one of {', '.join(CIG_PHIS)}, got {kind!r}")
-    names = list(CIG_PHIS[kind] if phis is None else phis)
-    if len(names) != len(CIG_PHIS[kind]):
-        encoders = "text_encoder and text_encoder_2" if kind == "sdxl" else "text_encoder"
-        raise ValueError(
-            f"a {kind} pipeline has {len(CIG_PHIS[kind])} text encoder(s) ({encoders}), so it needs "
-            f"{len(CIG_PHIS[kind])} phi(s), one per encoder; got {len(names)}: {names}"
-        )
-    specs = [s if isinstance(s, ReleasedPhi) else released_phi(s) for s in names]  # KeyError: a bad name
-    if weights is not None and Path(weights).expanduser().is_file():
-        raise ValueError(
-            f"weights {weights} is a file; the generator needs a weights folder holding the CLIP and phi "
-            f"files of {', '.join(s.name for s in specs)}"
-        )
-    problems: list[str] = []
-
-    def check(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (LocalModelNotFoundError, MissingWeightsError) as err:
-            message = str(err).strip('"')
-            if message not in problems:  # e.g. "no weights folder was given", once
-                problems.append(message)
-            return None
-
-    label = "SDXL" if kind == "sdxl" else "Stable Diffusion 1.x"
-    pipeline = check(
-        _local_dir,
-        pipeline_dir,
-        f"{label} pipeline folder",
-        SD_UPSTREAM[kind],
-        required=("model_index.json",),
-    )
-    unet_dir = None
-    if unet is not None:
-        unet_dir = check(
-            _local_dir, _unet_folder(unet), "UNet folder", UNET_UPSTREAM, required=("config.json",)
-        )
-    vae_dir = None
-    if vae is not None:
-        vae_dir = check(_local_dir, vae, "VAE folder", VAE_UPSTREAM, required=("config.json",))
-    resolved = []
-    for spec in specs:
-        phi_path = check(resolve_phi_weights, spec, weights)
-        clip_path = check(resolve_weights, spec.backbone, weights)
-        resolved.append((spec, phi_path, clip_path))
-    if problems:
-        raise MissingGeneratorFilesError(problems)
-    return GeneratorFiles(kind=kind, pipeline=pipeline, unet=unet_dir, vae=vae_dir, phis=tuple(resolved))
 
 
 # --------------------------------------------------------------------------- content identity

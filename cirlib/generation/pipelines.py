@@ -19,50 +19,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-#: What each kind of folder should hold (the upstream model the papers use, as an example).
-SD_UPSTREAM: dict[str, str] = {
-    "sd15": "a Stable Diffusion 1.x pipeline, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0 (CIG's base pipeline)",
-}
-UNET_UPSTREAM = "a UNet2DConditionModel folder, e.g. CIG's fine-tuned SDXL UNet ({model_path}/unet)"
-VAE_UPSTREAM = "an AutoencoderKL folder, e.g. madebyollin/sdxl-vae-fp16-fix (the VAE CIG uses)"
-CAPTIONER_UPSTREAM = "a BLIP-2 model with its processor, e.g. Salesforce/blip2-opt-2.7b"
-LLM_UPSTREAM = "a causal language model with its tokenizer, e.g. Qwen/Qwen1.5-32B-Chat (IP-CIR)"
-_HOW = (
-    "saved with save_pretrained, or downloaded with `huggingface-cli download REPO --local-dir DIR`; "
-    "cirlib never downloads models, so pass a local folder, not a hub id"
+from cirlib.generation.files import (
+    CAPTIONER_UPSTREAM,
+    LLM_UPSTREAM,
+    SD_UPSTREAM,
+    TOKENIZER_FILES,
+    UNET_UPSTREAM,
+    VAE_UPSTREAM,
+    LocalModelNotFoundError,
+    local_dir,
+    unet_folder,
 )
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-class LocalModelNotFoundError(FileNotFoundError):
-    """A local model folder is missing or lacks its index file; the message names the path as given
-    and the upstream model that should be there."""
-
-
-def _local_dir(
-    path: str | Path,
-    what: str,
-    upstream: str,
-    required: Sequence[str] = (),
-    any_of: Sequence[str] = (),
-) -> Path:
-    """``path`` as a folder holding every file of ``required`` and one of ``any_of``, else
-    :class:`LocalModelNotFoundError` (before any heavy import or loading)."""
-    given = str(path)
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        state = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise LocalModelNotFoundError(f"{what}: {given!r} {state}; it should hold {upstream}, {_HOW}")
-    missing = [name for name in required if not (folder / name).is_file()]
-    if any_of and not any((folder / name).is_file() for name in any_of):
-        missing.append(" or ".join(any_of))
-    if missing:
-        raise LocalModelNotFoundError(
-            f"{what}: {given!r} has no {', '.join(missing)}, so it is not a saved model folder; it should "
-            f"hold {upstream}, {_HOW}"
-        )
-    return folder
 
 
 # --------------------------------------------------------------------------- diffusion
@@ -85,15 +52,12 @@ def load_sd_pipeline(
     if kind not in SD_UPSTREAM:
         raise ValueError(f"kind must be one of {', '.join(SD_UPSTREAM)}, got {kind!r}")
     label = "SDXL" if kind == "sdxl" else "Stable Diffusion 1.x"
-    folder = _local_dir(path, f"{label} pipeline folder", SD_UPSTREAM[kind], required=("model_index.json",))
+    folder = local_dir(path, f"{label} pipeline folder", SD_UPSTREAM[kind], required=("model_index.json",))
     unet_dir = vae_dir = None
     if unet is not None:
-        candidate = Path(unet).expanduser()
-        if not (candidate / "config.json").is_file() and (candidate / "unet" / "config.json").is_file():
-            unet = candidate / "unet"  # CIG's --model_path holds the UNet in a 'unet' subfolder
-        unet_dir = _local_dir(unet, "UNet folder", UNET_UPSTREAM, required=("config.json",))
+        unet_dir = local_dir(unet_folder(unet), "UNet folder", UNET_UPSTREAM, required=("config.json",))
     if vae is not None:
-        vae_dir = _local_dir(vae, "VAE folder", VAE_UPSTREAM, required=("config.json",))
+        vae_dir = local_dir(vae, "VAE folder", VAE_UPSTREAM, required=("config.json",))
 
     from diffusers import (
         AutoencoderKL,
@@ -130,12 +94,12 @@ def load_captioner(
 ) -> tuple[Any, Any]:
     """``(Blip2Processor, Blip2ForConditionalGeneration)`` from the local folder ``path`` (model,
     image processor and tokenizer saved together), the model in eval mode on ``device``."""
-    folder = _local_dir(
+    folder = local_dir(
         path,
         "BLIP-2 captioner folder",
         CAPTIONER_UPSTREAM,
         required=("config.json",),
-        any_of=_TOKENIZER_FILES,
+        any_of=TOKENIZER_FILES,
     )
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
@@ -221,8 +185,8 @@ def load_llm(
     """``(tokenizer, AutoModelForCausalLM)`` from the local folder ``path``, the model in eval mode on
     ``device``; the tokenizer pads on the left (batched generation) and pads with EOS if it has no pad
     token."""
-    folder = _local_dir(
-        path, "language model folder", LLM_UPSTREAM, required=("config.json",), any_of=_TOKENIZER_FILES
+    folder = local_dir(
+        path, "language model folder", LLM_UPSTREAM, required=("config.json",), any_of=TOKENIZER_FILES
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

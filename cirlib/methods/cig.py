@@ -94,8 +94,7 @@ class CIG(TextualInversion):
         """A copy with other fusion options (``fusion``, ``weight``, ``n_images``, ``base_seed``, ``name``)
         sharing this one's models and caches: sweeps generate each pseudo-target once."""
         other = object.__new__(CIG)
-        other.__dict__.update(self.__dict__)
-        other._memo = self._memo  # the gallery features too
+        other.__dict__.update(self.__dict__)  # the same models, caches and memos (gallery features too)
         for key, value in options.items():
             if key not in ("fusion", "weight", "n_images", "base_seed", "name"):
                 raise TypeError(f"unknown CIG option {key!r}")

@@ -735,6 +735,14 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor
 STATE_FILE = "train_state.pt"
 
 
+def save_training_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Write a resumable training state (``torch.save``) atomically: an interrupted write never
+    leaves a truncated state under ``path``."""
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def train_clip(
     images: np.ndarray,
     captions: Sequence[str],
@@ -804,8 +812,8 @@ def train_clip(
         def save_state(step: int) -> None:
             if state_path is None:
                 return
-            buf = io.BytesIO()
-            torch.save(
+            save_training_state(
+                state_path,
                 {
                     "step": step,
                     "model": model.state_dict(),
@@ -815,9 +823,7 @@ def train_clip(
                     "seed": seed,
                     "data_digest": digest,
                 },
-                buf,
             )
-            atomic_write_bytes(state_path, buf.getvalue())
 
         end = config.steps if stop_after is None else min(config.steps, stop_after)
         max_log_scale = math.log(config.max_logit_scale)

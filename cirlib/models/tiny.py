@@ -223,6 +223,34 @@ def train_tiny_generator(
     )
 
 
+def save_generator(
+    final: GeneratorUNet,
+    snapshots: dict[int, GeneratorUNet],
+    clip: CLIPModel,
+    phi: Phi,
+    root: Path,
+    metrics: dict | None = None,
+    skip: str | None = None,
+) -> dict[str, GeneratorUNet]:
+    """Register the trained generator and its snapshots under ``root`` (``metrics`` go with the final
+    one; ``skip`` names one not to save); returns them by checkpoint name."""
+    models = {generator_snapshot_name(s): m for s, m in snapshots.items()} | {GENERATOR_NAME: final}
+    for name, model in models.items():
+        if name == skip:
+            continue
+        step = None if name == GENERATOR_NAME else generator_training_step(name)
+        zoo.save_checkpoint(
+            name,
+            model,
+            generator_config(clip, phi, step),
+            GENERATOR_RECIPE.seed,
+            train_command(name),
+            metrics if name == GENERATOR_NAME else None,
+            root=root,
+        )
+    return models
+
+
 def _train_generator_into(root: Path | None, wanted: str, progress: bool):
     """Train the generator, register every snapshot under ``root`` (the cache by default), and return
     the one called ``wanted`` (:func:`zoo.load_or_train` registers that one itself)."""
@@ -231,20 +259,8 @@ def _train_generator_into(root: Path | None, wanted: str, progress: bool):
         load_tiny(PIC2WORD_NAME, root=root, progress=progress),
     )
     final, snapshots = train_tiny_generator(clip, phi, progress=progress)  # type: ignore[arg-type]
-    models = {generator_snapshot_name(s): m for s, m in snapshots.items()} | {GENERATOR_NAME: final}
     target = root if root is not None else zoo.cache_models_root()
-    for name, model in models.items():
-        if name != wanted:
-            step = generator_training_step(name) if name != GENERATOR_NAME else None
-            zoo.save_checkpoint(
-                name,
-                model,
-                generator_config(clip, phi, step),
-                GENERATOR_RECIPE.seed,
-                train_command(GENERATOR_NAME),
-                root=target,  # type: ignore[arg-type]
-            )
-    return models[wanted]
+    return save_generator(final, snapshots, clip, phi, target, skip=wanted)[wanted]  # type: ignore[arg-type]
 
 
 #: Models already loaded in this process, by (name, root): they are immutable, and every
