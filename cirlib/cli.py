@@ -233,6 +233,20 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
         help="classifier-free guidance scale (default: paper, the pipeline's own, as CIG never sets it; "
         "tiny: its generator's own)",
     )
+    predicir = parser.add_argument_group("method predicir (predicted target content -> pseudo-word)")
+    predicir.add_argument(
+        "--predicir-checkpoint",
+        metavar="FILE",
+        help="paper profile, required: a PrediCIR checkpoint file made with 'cirlib train-predicir' for the "
+        "same backbone (no official PrediCIR weights exist); tiny: a checkpoint name, tiny-predicir "
+        "(default) or one of its ablations (cirlib.models.tiny.predicir_recipes)",
+    )
+    predicir.add_argument(
+        "--predicir-box",
+        choices=("center", "full"),
+        help="where the reference sits in the target canvas: center (default; the regions around it are "
+        "predicted, as a training crop) or full (every region predicted)",
+    )
 
 
 @command(
@@ -249,9 +263,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 0
     if args.benchmark is None or args.method is None:
         raise CLIError("--benchmark and --method are required (or use --list-methods)")
-    from cirlib.run import CIG_OPTIONS, EvalConfig, RunError, check_method_options, check_paths
+    from cirlib.run import METHOD_OPTIONS, EvalConfig, RunError, check_method_options, check_paths
 
-    given = [k for k in CIG_OPTIONS if getattr(args, k) is not None]  # the rest keep EvalConfig's defaults
+    # the method options given (the rest keep EvalConfig's defaults)
+    given = [k for options in METHOD_OPTIONS.values() for k in options if getattr(args, k) is not None]
     cfg = EvalConfig(
         **{
             k: getattr(args, k)
@@ -290,6 +305,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         ImageFileError,
         MissingImagesError,
         ReleasedWeightsError,
+        RunError,
     ) as err:  # bad input, named in the message: one line, status 2
         raise CLIError(str(err)) from None
     log.info(
@@ -332,6 +348,84 @@ def _run_train(args: argparse.Namespace) -> int:
     from cirlib.training import train_all
 
     report = train_all(args.only, from_scratch=args.from_scratch, root=args.root)
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train-predicir
+# --------------------------------------------------------------------------------------------
+
+
+def _configure_train_predicir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pairs",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help='image-caption pairs: a .jsonl file, one {"image": path, "caption": text} per line, or a .csv '
+        "file with columns image,caption; relative image paths are resolved against the file's folder",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        metavar="FILE.safetensors",
+        help="the checkpoint to write; its folder also gets a registry.json entry named after the file's stem",
+    )
+    parser.add_argument("--backbone", help="ViT-B-32, ViT-L-14 (default), ViT-g-14 or ViT-bigG-14")
+    parser.add_argument(
+        "--weights", type=Path, metavar="DIR", help="folder of weight files (or $CIRLIB_WEIGHTS), as for eval"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=700, help="optimiser steps (default 700, as the tiny recipe)"
+    )
+    parser.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)")
+    parser.add_argument("--seed", type=int, default=0, help="crops, batches and initialisation (default 0)")
+    parser.add_argument("--device", default="auto", help="where the frozen CLIP runs: auto, cpu, cuda, ...")
+    parser.add_argument(
+        "--grid",
+        type=int,
+        metavar="G",
+        help="regions per side of the target canvas; must divide the backbone's patch grid (default: the "
+        "divisor closest to 4: 4 for the /14 backbones, 7 for ViT-B-32)",
+    )
+    parser.add_argument(
+        "--resume-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep a training state here every 100 steps; rerunning the same command resumes from it",
+    )
+
+
+@command(
+    "train-predicir",
+    help="train a PrediCIR checkpoint for a paper-profile backbone on image-caption pairs (no official "
+    "weights exist); prints one JSON object",
+    configure=_configure_train_predicir,
+)
+def _run_train_predicir(args: argparse.Namespace) -> int:
+    from cirlib.predicir_training import PrediCIRTrainingError, TrainPrediCIR, check_inputs
+
+    cfg = TrainPrediCIR(
+        pairs=args.pairs,
+        output=args.output,
+        backbone=args.backbone,
+        weights=args.weights,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        grid=args.grid,
+        resume_dir=args.resume_dir,
+    )
+    try:
+        inputs = check_inputs(cfg)  # every path, before torch is imported
+        from cirlib.predicir_training import train_from_pairs
+
+        report = train_from_pairs(cfg, inputs)
+    except PrediCIRTrainingError as err:
+        raise CLIError(str(err)) from None
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
 

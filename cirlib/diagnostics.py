@@ -167,3 +167,65 @@ def pseudo_target_similarity(
                 }
             )
     return pd.DataFrame(rows).set_index("qid")
+
+
+def pseudo_token_similarity(
+    method, benchmark: Benchmark, queries: Sequence[Query] | None = None, prompt: str = "a photo of $"
+) -> pd.DataFrame:
+    """Per query, the CLIP cosine between the pseudo-word alone (``prompt`` with $ = the method's
+    token for the query, ``method.pseudo_tokens``) and the labelled target, and the reference: how
+    much of the *target* a pseudo-word carries (PrediCIR's claim of a better pseudo-token)."""
+    qs = list(benchmark.queries if queries is None else queries)
+    rows = []
+    for category in dict.fromkeys(q.category for q in qs):
+        group = [q for q in qs if q.category == category]
+        g = benchmark.galleries[category]
+        tokens = method.pseudo_tokens(group, g)
+        words = method.clip.encode_texts_with_pseudo([prompt] * len(group), tokens)
+        images = method.gallery_features(g)
+        tgt = images[[g.index(q.target) for q in group]]
+        ref = images[[g.index(q.reference) for q in group]]
+        for j, q in enumerate(group):
+            rows.append(
+                {
+                    "qid": q.qid,
+                    "pseudo-word vs target": float(words[j] @ tgt[j]),
+                    "pseudo-word vs reference": float(words[j] @ ref[j]),
+                }
+            )
+    return pd.DataFrame(rows).set_index("qid")
+
+
+def edit_kind_gain(
+    queries: Sequence[Query],
+    better: Evaluation,
+    worse: Evaluation,
+    metric: str,
+    kinds: Sequence[str],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Does ``better`` gain more over ``worse`` on edits of ``kinds`` than on the other edits?
+
+    Per query, the difference of the two methods' metric (points); the mean over queries whose edit
+    includes one of ``kinds`` and over the rest, and a bootstrap CI (groups resampled independently)
+    of the gap between those two gains."""
+    if better.qids != worse.qids:
+        raise ValueError("the two evaluations cover different queries")
+    by_qid = {q.qid: q for q in queries}
+    diff = (better.per_query[metric].astype(float) - worse.per_query[metric].astype(float)) * 100
+    inside = np.array([bool(set(by_qid[qid].info.get("kinds", ())) & set(kinds)) for qid in better.qids])
+    if inside.all() or not inside.any():
+        raise ValueError(f"need queries both with and without edits of kinds {list(kinds)}")
+    a, b = diff[inside], diff[~inside]
+    rng = np.random.default_rng(seed)
+    gaps = np.array([rng.choice(a, a.size).mean() - rng.choice(b, b.size).mean() for _ in range(n_boot)])
+    low, high = np.percentile(gaps, [2.5, 97.5])
+    return {
+        "n with kinds": int(a.size),
+        "gain with kinds": float(a.mean()),
+        "gain elsewhere": float(b.mean()),
+        "gap": float(a.mean() - b.mean()),
+        "gap ci_low": float(low),
+        "gap ci_high": float(high),
+    }

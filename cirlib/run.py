@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import struct
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 # torch-free: these paths are checked before torch is imported
+from cirlib.config import file_sha256
 from cirlib.generation.files import (
     CIG_PHIS,
     LOCAL_ONLY,
@@ -60,6 +62,27 @@ CIG_OPTIONS: dict[str, str] = {
 #: profile's cig samples the generator trained on the world).
 CIG_PAPER_OPTIONS = ("generator", "generator_kind", "unet", "vae")
 GENERATOR_KINDS = ("sdxl", "sd15")
+
+#: Options only method ``predicir`` takes: EvalConfig field -> command-line option.
+PREDICIR_OPTIONS: dict[str, str] = {
+    "predicir_checkpoint": "--predicir-checkpoint",
+    "predicir_box": "--predicir-box",
+}
+#: Where the reference sits in the target canvas (``cirlib.models.predicir.INFERENCE_BOXES``, named
+#: here without importing torch).
+PREDICIR_BOXES = ("center", "full")
+#: The zoo kind a paper-profile ``--predicir-checkpoint`` file must carry in its safetensors metadata.
+PREDICIR_KIND = "predicir"
+#: How to make a PrediCIR checkpoint: no official weights exist (the authors' repository is README only).
+PREDICIR_HOW = (
+    "no official PrediCIR weights exist (the authors' repository has neither code nor weights); train one "
+    "on image-caption pairs with the same backbone: cirlib train-predicir --backbone {backbone} --weights DIR "
+    "--pairs PAIRS.jsonl --output FILE.safetensors (see README, 'PrediCIR on the real benchmarks')"
+)
+
+#: Method -> the options only it takes (giving one to another method is an error naming it).
+METHOD_OPTIONS: dict[str, dict[str, str]] = {"cig": CIG_OPTIONS, "predicir": PREDICIR_OPTIONS}
+_ALL_OPTIONS: dict[str, str] = {k: v for options in METHOD_OPTIONS.values() for k, v in options.items()}
 
 
 @dataclass
@@ -96,6 +119,9 @@ class EvalConfig:
     n_generated: int = 1  # pseudo-target images per query
     generation_steps: int | None = None  # None: the generator's own (paper: 50, as CIG)
     guidance: float | None = None  # None: the generator's own (paper: the pipeline's; CIG never sets it)
+    # method predicir only (PREDICIR_OPTIONS)
+    predicir_checkpoint: Path | str | None = None  # tiny: a checkpoint name; paper: a FILE (required)
+    predicir_box: str = "center"  # where the reference sits in the target canvas (PREDICIR_BOXES)
 
     def resolved_backbone(self) -> str | None:
         if self.profile == "tiny":
@@ -132,24 +158,35 @@ class RunError(Exception):
     """A run cannot start: a path or an option is wrong. The message says which and why."""
 
 
-_CIG_DEFAULTS = {f.name: f.default for f in fields(EvalConfig) if f.name in CIG_OPTIONS}
+_OPTION_DEFAULTS = {f.name: f.default for f in fields(EvalConfig) if f.name in _ALL_OPTIONS}
 
 
 def _options(names: Any) -> str:
-    return ", ".join(CIG_OPTIONS[n] for n in CIG_OPTIONS if n in set(names))
+    return ", ".join(_ALL_OPTIONS[n] for n in _ALL_OPTIONS if n in set(names))
 
 
 def check_method_options(cfg: EvalConfig, given: Any = None) -> None:
-    """Check the options of method ``cig`` (:data:`CIG_OPTIONS`): for another method, giving any is
-    an error naming it; for cig their values, and which profile each belongs to. ``given``: the
-    option fields the user gave (the CLI knows); default: those differing from their defaults.
-    Raises :class:`RunError`; imports nothing."""
-    given = set(given) if given is not None else {k for k, v in _CIG_DEFAULTS.items() if getattr(cfg, k) != v}
-    if cfg.method != "cig":
-        if given:
-            verb = "is an option" if len(given) == 1 else "are options"
-            raise RunError(f"{_options(given)} {verb} of --method cig only, not of --method {cfg.method}")
-        return
+    """Check the options only one method takes (:data:`METHOD_OPTIONS`: cig's, predicir's): giving
+    one to another method is an error naming it; for the method itself their values, and which
+    profile each belongs to. ``given``: the option fields the user gave (the CLI knows); default:
+    those differing from their defaults. Raises :class:`RunError`; imports nothing."""
+    given = (
+        set(given) if given is not None else {k for k, v in _OPTION_DEFAULTS.items() if getattr(cfg, k) != v}
+    )
+    for owner, options in METHOD_OPTIONS.items():
+        theirs = given & set(options)
+        if owner != cfg.method and theirs:
+            verb = "is an option" if len(theirs) == 1 else "are options"
+            raise RunError(
+                f"{_options(theirs)} {verb} of --method {owner} only, not of --method {cfg.method}"
+            )
+    if cfg.method == "cig":
+        _check_cig_options(cfg, given)
+    elif cfg.method == "predicir":
+        _check_predicir_options(cfg)
+
+
+def _check_cig_options(cfg: EvalConfig, given: set[str]) -> None:
     if cfg.generator_kind not in GENERATOR_KINDS:
         raise RunError(
             f"--generator-kind must be one of {', '.join(GENERATOR_KINDS)}, not {cfg.generator_kind!r}"
@@ -181,6 +218,84 @@ def check_method_options(cfg: EvalConfig, given: Any = None) -> None:
             f"{LOCAL_ONLY}; CIG's fine-tuned UNet goes in --unet DIR and its VAE (madebyollin/sdxl-vae-fp16-fix) "
             "in --vae DIR"
         )
+
+
+def _check_predicir_options(cfg: EvalConfig) -> None:
+    if cfg.predicir_box not in PREDICIR_BOXES:
+        raise RunError(f"--predicir-box must be one of {', '.join(PREDICIR_BOXES)}, not {cfg.predicir_box!r}")
+    if cfg.profile == "paper" and cfg.predicir_checkpoint is None:
+        from cirlib.models.weights import DEFAULT_BACKBONE
+
+        how = PREDICIR_HOW.format(backbone=cfg.backbone or DEFAULT_BACKBONE)
+        raise RunError(f"--method predicir --profile paper needs --predicir-checkpoint FILE: {how}")
+
+
+def safetensors_metadata(path: Path) -> dict[str, str] | None:
+    """The ``__metadata__`` of a safetensors file's header (8-byte little-endian length, then JSON),
+    read without torch; ``{}`` if it has none, None if the file is not a safetensors file."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return None
+            (n,) = struct.unpack("<Q", head)
+            if n > min(path.stat().st_size - 8, 100 << 20):
+                return None
+            header = json.loads(handle.read(n))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.get("__metadata__") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def check_predicir_checkpoint(cfg: EvalConfig) -> Path:
+    """A paper-profile ``--predicir-checkpoint``: an existing safetensors file whose metadata says
+    ``cirlib_kind`` "predicir" (and, when its registry entry beside it records the backbone it was
+    trained for, that backbone). Torch-free; raises :class:`RunError` naming the file."""
+    path = Path(cfg.predicir_checkpoint).expanduser()  # type: ignore[arg-type]  # checked by the caller
+    backbone = cfg.resolved_backbone()
+    how = PREDICIR_HOW.format(backbone=backbone)
+    if not path.exists():
+        raise RunError(f"--predicir-checkpoint {path} does not exist; {how}")
+    if not path.is_file():
+        raise RunError(f"--predicir-checkpoint {path} is not a file; {how}")
+    meta = safetensors_metadata(path)
+    if meta is None:
+        raise RunError(
+            f"--predicir-checkpoint {path} is not a safetensors file; give a checkpoint written by "
+            "cirlib train-predicir"
+        )
+    kind = meta.get("cirlib_kind")
+    if kind != PREDICIR_KIND:
+        what = f"a cirlib {kind!r} checkpoint" if kind else "a safetensors file without cirlib metadata"
+        raise RunError(
+            f"--predicir-checkpoint {path} is {what}, not a PrediCIR network; give a checkpoint written by "
+            "cirlib train-predicir"
+        )
+    trained_for = _registered_backbone(path)
+    if trained_for is not None and trained_for != backbone:
+        raise RunError(
+            f"--predicir-checkpoint {path} was trained for backbone {trained_for} (its entry in "
+            f"{path.parent / 'registry.json'}), not {backbone}: pass --backbone {trained_for}, or train one "
+            f"for {backbone} with cirlib train-predicir"
+        )
+    return path
+
+
+def _registered_backbone(path: Path) -> str | None:
+    """The backbone recorded for ``path`` in the zoo registry beside it (cirlib train-predicir writes
+    one), or None."""
+    try:
+        entry = json.loads((path.parent / "registry.json").read_text()).get(path.stem)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("file") != path.name:
+        return None
+    config = entry.get("config")
+    backbone = config.get("backbone") if isinstance(config, dict) else None
+    return backbone if isinstance(backbone, str) else None
 
 
 def _folder_problem(path: Path, option: str, index_file: str, what: str) -> str | None:
@@ -244,8 +359,9 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
     from cirlib.data.real import DataNotFoundError, resolve_layout
     from cirlib.models.weights import MissingWeightsError, resolve_weights
 
-    # the generator first: its folders and files are the most likely to be missing, and need no data
+    # the generator (or PrediCIR's checkpoint) first: the most likely to be missing, and needs no data
     generator_files = check_generator_paths(cfg) if cfg.method == "cig" else None
+    predicir_file = check_predicir_checkpoint(cfg) if cfg.method == "predicir" else None
     if cfg.data is None:
         raise RunError(
             f"the paper profile needs --data DIR: the {cfg.benchmark} dataset folder with its images "
@@ -258,6 +374,8 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
     found: dict[str, Any] = {"layout": layout}
     if generator_files is not None:
         found["generator_files"] = generator_files
+    if predicir_file is not None:
+        found["predicir_weights"] = predicir_file
     phi_methods = (*RELEASED_PHI_METHODS, *RETRIEVAL_PHI_OF)
     if cfg.phi and cfg.method not in phi_methods:
         raise RunError(f"--phi is for the methods {', '.join(phi_methods)}, not {cfg.method}")
@@ -328,11 +446,54 @@ def build(cfg: EvalConfig):
     if cfg.method == "cig":
         # the split too: the official fusion weight is per benchmark split
         options.update({k: getattr(cfg, k) for k in CIG_OPTIONS}, form=cfg.benchmark, split=cfg.split)
+    if cfg.method == "predicir":
+        return _build_predicir(cfg, options)
     method = build_method(cfg.method, cfg.profile, **options)
+    return _configure(cfg, method)
+
+
+def _configure(cfg: EvalConfig, method):
     if cfg.caption_join is not None:
         method.caption_join = cfg.caption_join
     method.batch_size, method.num_workers = cfg.batch_size, cfg.workers
     return method
+
+
+def _build_predicir(cfg: EvalConfig, options: dict[str, Any]):
+    """Method predicir: the tiny checkpoint name is checked against the ones the tiny profile can
+    make; in the paper profile a network trained for another CLIP is a :class:`RunError` naming the file."""
+    from cirlib.methods import build_method
+
+    check_method_options(cfg)  # a paper profile run needs a checkpoint file
+    checkpoint = cfg.predicir_checkpoint
+    if cfg.profile == "paper":
+        checkpoint = Path(checkpoint).expanduser()  # type: ignore[arg-type]  # checked just above
+    elif checkpoint is not None:
+        from cirlib.models.tiny import predicir_recipes
+
+        if str(checkpoint) not in predicir_recipes():
+            raise RunError(
+                f"--predicir-checkpoint {checkpoint!r} is not a tiny PrediCIR checkpoint; known: "
+                f"{', '.join(predicir_recipes())} (a checkpoint FILE is for --profile paper)"
+            )
+    try:
+        method = build_method(cfg.method, cfg.profile, checkpoint=checkpoint, box=cfg.predicir_box, **options)
+    except ValueError as err:
+        if cfg.profile != "paper":
+            raise
+        path = Path(checkpoint)  # type: ignore[arg-type]
+        meta = safetensors_metadata(path) or {}
+        try:
+            clip_hash = json.loads(meta.get("cirlib_arch", "{}")).get("clip_hash")
+        except ValueError:
+            clip_hash = None
+        hint = (
+            f"; {PREDICIR_HOW.format(backbone=cfg.resolved_backbone())}"
+            if clip_hash and clip_hash in str(err)
+            else ""
+        )
+        raise RunError(f"--predicir-checkpoint {path}: {err}{hint}") from None
+    return _configure(cfg, method)
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
@@ -372,7 +533,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "missing_images": report.summary() if report is not None else None,
         "weights": {k: str(v) for k, v in found.items() if k.endswith("weights")},
         "generator_files": found.get("generator_files"),
-        "model": {"clip": method.clip.name, "clip_hash": method.clip.hash},
+        "model": {"clip": method.clip.name, "clip_hash": method.clip.hash, **_method_model(cfg, found)},
         "timings_s": {
             "load_benchmark": t_loaded - t_start,
             "build_method": t_built - t_loaded,
@@ -398,6 +559,21 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run.json", record)
     return record
+
+
+def _method_model(cfg: EvalConfig, found: dict[str, Any]) -> dict[str, Any]:
+    """What a run.json's "model" records beyond the CLIP: PrediCIR's checkpoint (tiny: its name;
+    paper: the file and its sha256, since a user-trained file may be retrained in place) and box."""
+    if cfg.method != "predicir":
+        return {}
+    if cfg.profile == "paper":
+        path = found["predicir_weights"]
+        checkpoint = {"file": str(path), "sha256": file_sha256(path)}
+    else:
+        from cirlib.models.tiny import PREDICIR_NAME
+
+        checkpoint = {"name": str(cfg.predicir_checkpoint or PREDICIR_NAME)}
+    return {"predicir": {**checkpoint, "box": cfg.predicir_box}}
 
 
 def write_predictions(cfg: EvalConfig, benchmark, result, out: Path, *, complete: bool) -> list[Path]:

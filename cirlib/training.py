@@ -26,16 +26,18 @@ from cirlib.models.tiny import (
     SEARLE_NAME,
     SEARLE_RECIPE,
     _recipe_config,
+    predicir_recipes,
     save_generator,
     train_command,
     train_tiny_clip,
     train_tiny_generator,
     train_tiny_pic2word,
+    train_tiny_predicir,
     train_tiny_searle,
 )
 from cirlib.world import pretraining_pairs
 
-ALL_MODELS = (CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, COMBINER_NAME, GENERATOR_NAME)
+ALL_MODELS = (CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, COMBINER_NAME, GENERATOR_NAME, *predicir_recipes())
 
 
 def heldout_text_to_image_r1(clip: CLIPModel, n: int = 1000, seed: int = 99) -> float:
@@ -105,6 +107,20 @@ def train_all(
         metrics = {"train_seconds": round(time.perf_counter() - start, 1)}
         save_generator(final, snapshots, clip, phi, root, metrics)  # type: ignore[arg-type]
         report[GENERATOR_NAME] = metrics
+    for name, recipe in predicir_recipes().items():
+        if needed(name) or (CLIP_NAME in report and name in names):
+            start = time.perf_counter()
+            if from_scratch:
+                _clear_resume(name)
+            net = train_tiny_predicir(clip, recipe, name)
+            last = np.asarray(net.training_losses[-50:])  # type: ignore[attr-defined]
+            metrics = {
+                "train_seconds": round(time.perf_counter() - start, 1),
+                "final_align_loss": round(float(last[:, 0].mean()), 4),
+                "final_prediction_loss": round(float(last[:, 1].mean()), 4),
+            }
+            _save(name, net, _recipe_config(recipe, clip), recipe.seed, metrics, root)
+            report[name] = metrics
     return report
 
 

@@ -76,6 +76,26 @@ def image_grid(
     return fig
 
 
+def shade_regions(
+    image: np.ndarray, missing: np.ndarray, grid: int, box: Sequence[int] | None = None
+) -> np.ndarray:
+    """A copy of a uint8 image with the regions flagged in ``missing`` (``[grid*grid]``, row-major)
+    washed out towards white, and ``box`` (x0, y0, x1, y1 in regions) outlined: a source view's
+    crop drawn on its target view."""
+    out = image.astype(np.float32).copy()
+    cell = image.shape[0] // grid
+    for region in np.flatnonzero(missing):
+        y, x = divmod(int(region), grid)
+        patch = out[y * cell : (y + 1) * cell, x * cell : (x + 1) * cell]
+        patch[:] = 0.35 * patch + 0.65 * 255
+    if box is not None:
+        x0, y0, x1, y1 = (int(v) * cell for v in box)
+        color = np.array([215, 48, 39], dtype=np.float32)
+        out[y0, x0:x1] = out[y1 - 1, x0:x1] = color
+        out[y0:y1, x0] = out[y0:y1, x1 - 1] = color
+    return out.round().astype(np.uint8)
+
+
 def ranking_strips(
     queries: Sequence[Query],
     gallery: Gallery,

@@ -211,12 +211,12 @@ def test_supervised_combiner_trains_and_scores(clip, bench, cache):
 def test_cli_eval_lists_methods(capsys):
     assert main(["eval", "--list-methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("image", "text", "sum", "pic2word", "searle", "supervised"):
+    for name in ("image", "text", "sum", "pic2word", "searle", "supervised", "cig", "predicir"):
         assert name in out
     assert "SUPERVISED" in out
     assert main(["eval", "--list-methods", "--profile", "paper"]) == 0
     paper = {line.split("\t")[0] for line in capsys.readouterr().out.splitlines()}
-    assert paper == {"image", "text", "sum", "pic2word", "searle", "lincir", "cig"}
+    assert paper == {"image", "text", "sum", "pic2word", "searle", "lincir", "cig", "predicir"}
 
 
 def test_cli_eval_errors_are_one_line(capsys, tmp_path):

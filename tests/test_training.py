@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from cirlib.models.tiny import predicir_recipes
+
 
 @pytest.mark.slow
 def test_cirlib_train_writes_a_verified_registry(tmp_path):
@@ -28,6 +30,7 @@ def test_cirlib_train_writes_a_verified_registry(tmp_path):
         "tiny-phi-searle",
         "tiny-combiner-supervised",
         "tiny-cig-generator",
+        *predicir_recipes(),
     }
     registry = json.loads((root / "registry.json").read_text())
     assert "tiny-cig-generator-step00002" in registry  # the micro recipe's snapshot
@@ -44,6 +47,8 @@ def test_cirlib_train_writes_a_verified_registry(tmp_path):
     assert zoo.load_checkpoint("tiny-combiner-supervised", root=root).clip_hash == clip_hash
     assert zoo.load_checkpoint("tiny-cig-generator", root=root).clip_hash == clip_hash
     assert zoo.load_checkpoint("tiny-cig-generator-step00002", root=root).clip_hash == clip_hash
+    for name in predicir_recipes():
+        assert zoo.load_checkpoint(name, root=root).clip_hash == clip_hash
     # nothing to do the second time
     again = subprocess.run(
         cmd[:-3] + ["--root", str(root)], capture_output=True, text=True, env=env, check=True, timeout=300

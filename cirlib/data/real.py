@@ -90,7 +90,6 @@ keeps its query but loses that member from ``subset`` (reported as ``missing_sub
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -99,7 +98,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from cirlib.config import ANNOTATIONS_DIR, atomic_write_json
+from cirlib.config import ANNOTATIONS_DIR, atomic_write_json, file_sha256
 from cirlib.data import annotations as ann
 from cirlib.data.types import Benchmark, Gallery, Query
 
@@ -282,7 +281,7 @@ class DataLayout:
     def describe(self) -> dict:
         """JSON-able description: paths as strings, annotation files with their sha256."""
         files = {
-            path.relative_to(self.annotations).as_posix(): _sha256(path) for path in self.annotation_files()
+            path.relative_to(self.annotations).as_posix(): file_sha256(path) for path in self.annotation_files()
         }
         return {
             "benchmark": self.benchmark,
@@ -295,16 +294,8 @@ class DataLayout:
             "images": str(self.images),
             "image_layout": self.image_layout,
             "image_info": None if self.image_info is None else str(self.image_info),
-            "image_info_sha256": None if self.image_info is None else _sha256(self.image_info),
+            "image_info_sha256": None if self.image_info is None else file_sha256(self.image_info),
         }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _find_annotations(key: str, split: str, root: Path, help_text: str) -> tuple[Path, bool]:

@@ -213,6 +213,40 @@ def _cig(
     return method
 
 
+@register("predicir", description="PrediCIR: predicted missing target content + reference -> pseudo-word")
+def _predicir(
+    profile: str = "tiny",
+    backbone: str | None = None,
+    weights=None,
+    *,
+    checkpoint: Path | str | None = None,
+    box: str = "center",
+    **options,
+) -> Method:
+    """Tiny: the network trained here (``checkpoint`` may name one of its ablations, see
+    ``cirlib.models.tiny.predicir_recipes``). Paper: no PrediCIR weights were ever released, so
+    ``checkpoint`` is a file written by ``cirlib.models.predicir.train_predicir`` +
+    ``zoo.save_checkpoint`` for the same backbone. ``box``: where the reference sits in the target
+    canvas (``cirlib.models.predicir.INFERENCE_BOXES``)."""
+    from cirlib.methods.predicir import PrediCIR
+
+    if profile == "tiny":
+        from cirlib.models.tiny import PREDICIR_NAME, load_tiny
+
+        name = str(checkpoint or PREDICIR_NAME)
+        return PrediCIR(_clip(profile, None, None), load_tiny(name), box=box, name="predicir")  # type: ignore[arg-type]
+    from cirlib.models.predicir import load_predicir_file
+
+    if checkpoint is None:
+        raise ValueError(
+            "PrediCIR in the paper profile needs --predicir-checkpoint FILE: no official PrediCIR weights "
+            "exist (the authors' repository is README only); train one on your image-caption pairs with "
+            "the same backbone (see README, 'PrediCIR on the real benchmarks')"
+        )
+    net = load_predicir_file(checkpoint)
+    return PrediCIR(_clip("paper", backbone, weights, **options), net, box=box, name="predicir")
+
+
 @register(
     "supervised",
     profiles=("tiny",),

@@ -143,6 +143,26 @@ class Method(ABC):
             return self.gallery_features(gallery)[rows]
         return self.raw_gallery_features(gallery)[rows]
 
+    def reference_images(
+        self, queries: Sequence[Query], gallery: Gallery
+    ) -> tuple[list[np.ndarray], list[str]]:
+        """The queries' reference images (uint8 arrays; read from disk for file galleries) and a
+        content digest of each (pixels; for files: path, size and modification time), for cache keys."""
+        ids = [q.reference for q in queries]
+        if gallery.images is not None:
+            pixels = gallery.pixels(ids)
+            return list(pixels), [content_digest(p) for p in pixels]
+        if gallery.paths is None:
+            raise ValueError("this gallery has neither pixels in memory nor image paths")
+        from PIL import Image
+
+        paths = [gallery.paths[gallery.index(i)] for i in ids]
+        images = []
+        for path in paths:
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        return images, [content_digest([str(p), s]) for p, s in zip(paths, file_fingerprints(paths))]
+
     # ---------------------------------------------------------------- queries
     def encode_captions(self, queries: Sequence[Query], encode) -> torch.Tensor:
         """:func:`mean_over_caption_variants` with this method's caption join and strip settings."""

@@ -31,7 +31,7 @@ from cirlib.data.types import Gallery, Query
 from cirlib.generation.composed import CIG_SEED, PseudoTargetCache, PseudoTargetGenerator, seeds_for
 from cirlib.methods.baselines import PIC2WORD_PROMPT, TextualInversion, fill
 from cirlib.models.clip import CLIPModel
-from cirlib.retrieval import EmbeddingCache, content_digest, file_fingerprints
+from cirlib.retrieval import EmbeddingCache, content_digest
 
 FUSIONS: tuple[str, ...] = ("text", "image", "token")
 
@@ -108,25 +108,9 @@ class CIG(TextualInversion):
         """The text each query's pseudo-target is generated from."""
         return [self.generation_join.join(t.strip() for t in q.texts if t.strip()) for q in queries]
 
-    def _references(self, queries: Sequence[Query], gallery: Gallery) -> tuple[list[np.ndarray], list[str]]:
-        ids = [q.reference for q in queries]
-        if gallery.images is not None:
-            pixels = gallery.pixels(ids)
-            return list(pixels), [content_digest(p) for p in pixels]
-        if gallery.paths is None:
-            raise ValueError("this gallery has neither pixels in memory nor image paths")
-        from PIL import Image
-
-        paths = [gallery.paths[gallery.index(i)] for i in ids]
-        images = []
-        for path in paths:
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB")))
-        return images, [content_digest([str(p), s]) for p, s in zip(paths, file_fingerprints(paths))]
-
     def pseudo_targets(self, queries: Sequence[Query], gallery: Gallery) -> np.ndarray:
         """Generated pseudo-targets ``[Q, n_images, H, W, 3]`` (uint8), from the cache when present."""
-        references, digests = self._references(queries, gallery)
+        references, digests = self.reference_images(queries, gallery)
         texts = self.generation_texts(queries)
         seeds = seeds_for(self.n_images, self.base_seed)
         flat = self.pseudo_target_cache.get(

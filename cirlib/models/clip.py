@@ -297,6 +297,22 @@ class CLIPModel:
                 features = F.normalize(features, dim=-1)
         return features.cpu().clone()
 
+    def encode_pixels_with_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised global embeddings ``[N, D]`` and the final-layer patch tokens ``[N, P, W]``
+        (after ``ln_post``, before the projection; P = (S / patch size)^2) of preprocessed images, from
+        one pass of open_clip's ``VisionTransformer`` with ``output_tokens`` set (PrediCIR's input)."""
+        visual = self.model.visual
+        if not hasattr(visual, "output_tokens"):
+            raise TypeError(f"{type(visual).__name__} does not expose patch tokens (a ViT is needed)")
+        previous = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            with torch.inference_mode(), self._autocast():
+                pooled, tokens = visual(x.to(self.device, non_blocking=True))
+        finally:
+            visual.output_tokens = previous
+        return F.normalize(pooled.float(), dim=-1).cpu().clone(), tokens.float().cpu().clone()
+
     def _file_transform(
         self,
     ) -> tuple[Callable[[Any], torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
@@ -728,7 +744,7 @@ def _data_digest(images: np.ndarray, captions: Sequence[str]) -> str:
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Symmetric InfoNCE between normalised ``a`` and ``b`` (row i of each is a positive pair)."""
     logits = logit_scale * a @ b.T
-    labels = torch.arange(a.shape[0])
+    labels = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 

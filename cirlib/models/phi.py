@@ -114,7 +114,7 @@ def _cosine_lr(step: int, steps: int, warmup: int, lr: float) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return lr * 0.5 * (1.0 + np.cos(np.pi * progress))
+    return float(lr * 0.5 * (1.0 + np.cos(np.pi * progress)))  # a float: optimiser states are saved
 
 
 def _image_features(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ from cirlib.models.phi import (
     train_phi,
     train_phi_distilled,
 )
+from cirlib.models.predicir import CropConfig, PrediCIRArch, PrediCIRNet, PrediCIRTrainConfig, train_predicir
 from cirlib.world import pretraining_pairs
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ CLIP_NAME = "tiny-clip"
 PIC2WORD_NAME = "tiny-phi-pic2word"
 SEARLE_NAME = "tiny-phi-searle"
 GENERATOR_NAME = "tiny-cig-generator"
+PREDICIR_NAME = "tiny-predicir"
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,32 @@ class GeneratorRecipe:
     )
 
 
+@dataclass(frozen=True)
+class PrediCIRRecipe:
+    """PrediCIR (:mod:`cirlib.models.predicir`): world views of image-caption pairs the CLIP never saw."""
+
+    n_pairs: int = 20_000
+    data_seed: int = 4
+    seed: int = 0
+    train: PrediCIRTrainConfig = field(default_factory=PrediCIRTrainConfig)
+    arch: PrediCIRArch = field(default_factory=PrediCIRArch)
+
+
+#: The crop-size sweep (fraction of the image area a source view keeps), by name.
+PREDICIR_CROPS: dict[str, CropConfig] = {
+    "small": CropConfig(0.1, 0.25),
+    "medium": CropConfig(0.25, 0.5),
+    "large": CropConfig(0.5, 0.75),
+}
+#: The crop setting of ``tiny-predicir`` and of its other ablations: the best of the sweep on the
+#: world's val splits (notebook 03 shows the sweep), frozen before any test number was computed.
+PREDICIR_CROP = "large"
+
 CLIP_RECIPE = ClipRecipe()
 PIC2WORD_RECIPE = Pic2WordRecipe()
 SEARLE_RECIPE = SearleRecipe()
 GENERATOR_RECIPE = GeneratorRecipe()
+PREDICIR_RECIPE = PrediCIRRecipe()
 
 #: ``CIRLIB_RECIPES=micro`` swaps in recipes that train in seconds (pipeline checks and tests that
 #: must not depend on committed checkpoints). Their checkpoints have other config hashes, so they
@@ -115,8 +139,30 @@ if MICRO:
         n_pairs=128,
         train=_generator_train_config(steps=4, batch_size=16, snapshot_steps=(2,), checkpoint_every=2),
     )
+    PREDICIR_RECIPE = PrediCIRRecipe(
+        n_pairs=128, train=PrediCIRTrainConfig(steps=3, batch_size=32, warmup_steps=1, checkpoint_every=2)
+    )
 elif os.environ.get("CIRLIB_RECIPES") not in (None, "", "default"):
     raise ValueError(f"CIRLIB_RECIPES must be 'default' or 'micro', not {os.environ['CIRLIB_RECIPES']!r}")
+
+
+def predicir_recipes() -> dict[str, PrediCIRRecipe]:
+    """``tiny-predicir`` (the chosen crop setting, missing-part prediction, adaptive fusion) and its
+    ablations: the other crop settings, whole-target prediction, fixed fusion weights, no prediction."""
+    base = replace(PREDICIR_RECIPE, train=replace(PREDICIR_RECIPE.train, crop=PREDICIR_CROPS[PREDICIR_CROP]))
+    recipes = {PREDICIR_NAME: base}
+    for crop_name, crop in PREDICIR_CROPS.items():
+        if crop_name != PREDICIR_CROP:
+            recipes[f"{PREDICIR_NAME}-crop-{crop_name}"] = replace(base, train=replace(base.train, crop=crop))
+    recipes[f"{PREDICIR_NAME}-whole"] = replace(base, arch=replace(base.arch, prediction="whole"))
+    recipes[f"{PREDICIR_NAME}-fixed-fusion"] = replace(base, arch=replace(base.arch, adaptive_fusion=False))
+    recipes[f"{PREDICIR_NAME}-no-prediction"] = replace(base, arch=replace(base.arch, prediction="none"))
+    return recipes
+
+
+def predicir_crop_names() -> dict[str, str]:
+    """Crop setting name -> the checkpoint trained with it (everything else as ``tiny-predicir``)."""
+    return {c: PREDICIR_NAME if c == PREDICIR_CROP else f"{PREDICIR_NAME}-crop-{c}" for c in PREDICIR_CROPS}
 
 
 def default_root() -> Path | None:
@@ -170,6 +216,22 @@ def train_tiny_searle(clip: CLIPModel, recipe: SearleRecipe = SEARLE_RECIPE, pro
     features = clip.encode_images(images)
     tokens = optimise_pseudo_tokens(clip, features, recipe.oti, recipe.seed, progress=progress)
     return train_phi_distilled(clip, features, tokens, recipe.distil, recipe.seed, progress=progress)
+
+
+def train_tiny_predicir(
+    clip: CLIPModel, recipe: PrediCIRRecipe, name: str, progress: bool = True
+) -> PrediCIRNet:
+    data = pretraining_pairs(recipe.n_pairs, recipe.data_seed)
+    return train_predicir(
+        clip,
+        data.images,
+        data.captions,
+        recipe.train,
+        recipe.seed,
+        arch=recipe.arch,
+        resume_dir=_resume_dir(name),
+        progress=progress,
+    )
 
 
 def generator_snapshot_name(step: int) -> str:
@@ -301,8 +363,14 @@ def _load_tiny(name: str, root: Path | None, progress: bool) -> CLIPModel | Phi 
         step = None if name == GENERATOR_NAME else generator_training_step(name)
         config, seed = generator_config(clip, phi, step), GENERATOR_RECIPE.seed  # type: ignore[arg-type]
         train = lambda: _train_generator_into(root, name, progress)  # noqa: E731
+    elif name in predicir_recipes():
+        clip = load_tiny(CLIP_NAME, root=root, progress=progress)
+        assert isinstance(clip, CLIPModel)
+        recipe = predicir_recipes()[name]
+        config, seed = _recipe_config(recipe, clip), recipe.seed
+        train = lambda: train_tiny_predicir(clip, recipe, name, progress=progress)  # noqa: E731
     else:
-        known = ", ".join([CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, *generator_names()])
+        known = ", ".join([CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, *generator_names(), *predicir_recipes()])
         raise KeyError(f"unknown tiny model {name!r}; known: {known}")
     with torch.random.fork_rng():
         return zoo.load_or_train(

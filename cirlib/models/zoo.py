@@ -49,6 +49,7 @@ Model = CLIPModel | Phi | torch.nn.Module
 MODULE_KINDS: dict[str, tuple[str, str]] = {
     "combiner": ("cirlib.methods.supervised", "Combiner"),
     "generator": ("cirlib.generation.composed", "GeneratorUNet"),
+    "predicir": ("cirlib.models.predicir", "PrediCIRNet"),
 }
 
 
