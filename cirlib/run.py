@@ -476,23 +476,13 @@ def _build_predicir(cfg: EvalConfig, options: dict[str, Any]):
                 f"--predicir-checkpoint {checkpoint!r} is not a tiny PrediCIR checkpoint; known: "
                 f"{', '.join(predicir_recipes())} (a checkpoint FILE is for --profile paper)"
             )
+    from cirlib.methods.predicir import ForeignNetworkError
+
     try:
         method = build_method(cfg.method, cfg.profile, checkpoint=checkpoint, box=cfg.predicir_box, **options)
-    except ValueError as err:
-        if cfg.profile != "paper":
-            raise
-        path = Path(checkpoint)  # type: ignore[arg-type]
-        meta = safetensors_metadata(path) or {}
-        try:
-            clip_hash = json.loads(meta.get("cirlib_arch", "{}")).get("clip_hash")
-        except ValueError:
-            clip_hash = None
-        hint = (
-            f"; {PREDICIR_HOW.format(backbone=cfg.resolved_backbone())}"
-            if clip_hash and clip_hash in str(err)
-            else ""
-        )
-        raise RunError(f"--predicir-checkpoint {path}: {err}{hint}") from None
+    except ForeignNetworkError as err:
+        how = PREDICIR_HOW.format(backbone=cfg.resolved_backbone())
+        raise RunError(f"--predicir-checkpoint {checkpoint}: {err}; {how}") from None
     return _configure(cfg, method)
 
 

@@ -143,25 +143,37 @@ class Method(ABC):
             return self.gallery_features(gallery)[rows]
         return self.raw_gallery_features(gallery)[rows]
 
+    def reference_digests(self, queries: Sequence[Query], gallery: Gallery) -> list[str]:
+        """A content digest of each query's reference image, for cache keys, without decoding files:
+        the pixels of an in-memory gallery; for a file gallery, path, size and modification time."""
+        ids = [q.reference for q in queries]
+        if gallery.images is not None:
+            return [content_digest(p) for p in gallery.pixels(ids)]
+        paths = self._reference_paths(ids, gallery)
+        return [content_digest([str(p), s]) for p, s in zip(paths, file_fingerprints(paths))]
+
     def reference_images(
         self, queries: Sequence[Query], gallery: Gallery
     ) -> tuple[list[np.ndarray], list[str]]:
-        """The queries' reference images (uint8 arrays; read from disk for file galleries) and a
-        content digest of each (pixels; for files: path, size and modification time), for cache keys."""
+        """The queries' reference images (uint8 arrays; read from disk for file galleries) and their
+        :meth:`reference_digests`."""
         ids = [q.reference for q in queries]
         if gallery.images is not None:
             pixels = gallery.pixels(ids)
             return list(pixels), [content_digest(p) for p in pixels]
-        if gallery.paths is None:
-            raise ValueError("this gallery has neither pixels in memory nor image paths")
         from PIL import Image
 
-        paths = [gallery.paths[gallery.index(i)] for i in ids]
         images = []
-        for path in paths:
+        for path in self._reference_paths(ids, gallery):
             with Image.open(path) as im:
                 images.append(np.asarray(im.convert("RGB")))
-        return images, [content_digest([str(p), s]) for p, s in zip(paths, file_fingerprints(paths))]
+        return images, self.reference_digests(queries, gallery)
+
+    @staticmethod
+    def _reference_paths(ids: list[str], gallery: Gallery) -> list[str]:
+        if gallery.paths is None:
+            raise ValueError("this gallery has neither pixels in memory nor image paths")
+        return [gallery.paths[gallery.index(i)] for i in ids]
 
     # ---------------------------------------------------------------- queries
     def encode_captions(self, queries: Sequence[Query], encode) -> torch.Tensor:

@@ -33,6 +33,10 @@ from cirlib.models.predicir import (
 from cirlib.retrieval import EmbeddingCache, content_digest
 
 
+class ForeignNetworkError(ValueError):
+    """A PrediCIR network meets a CLIP other than the one it was trained with."""
+
+
 class PrediCIR(Method):
     """PrediCIR over one frozen CLIP and its trained predictor + alignment network."""
 
@@ -57,7 +61,7 @@ class PrediCIR(Method):
         if box not in INFERENCE_BOXES:
             raise ValueError(f"box must be one of {INFERENCE_BOXES}, got {box!r}")
         if net.clip_hash is not None and net.clip_hash != clip.hash:
-            raise ValueError(
+            raise ForeignNetworkError(
                 f"this PrediCIR network was trained with CLIP {net.clip_hash}, not with {clip.hash}"
             )
         self.net = net.eval()
@@ -84,7 +88,7 @@ class PrediCIR(Method):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Global features ``[Q, D]`` and region features ``[Q, R, W]`` of the queries' references,
         cached per CLIP, compute signature, region grid and reference content."""
-        images, digests = self.reference_images(queries, gallery)
+        digests = self.reference_digests(queries, gallery)  # decoding files only on a cache miss
         grid = self.net.grid
         key = {
             "model": self.clip.hash,
@@ -94,6 +98,7 @@ class PrediCIR(Method):
         }
 
         def compute() -> np.ndarray:
+            images, _ = self.reference_images(queries, gallery)
             rows = []
             for start in range(0, len(images), 256):
                 batch = images[start : start + 256]
