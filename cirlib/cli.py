@@ -325,6 +325,159 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# search
+# --------------------------------------------------------------------------------------------
+
+
+def _configure_search(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--images",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder of images to search (.jpg .jpeg .png .webp .bmp, recursively); encoded once, then cached",
+    )
+    parser.add_argument(
+        "--reference",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="reference image: one of the folder's (then left out of the results) or any other image file",
+    )
+    parser.add_argument(
+        "--text",
+        required=True,
+        action="append",
+        metavar="TEXT",
+        help="modification text; give it twice for two captions (joined as the method joins FashionIQ's)",
+    )
+    parser.add_argument(
+        "--method", default="sum", help="a name from cirlib eval --list-methods (default sum)"
+    )
+    parser.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
+    parser.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="OUT",
+        help="write the results as JSON to OUT ('-': stdout) instead of a table",
+    )
+    paper = parser.add_argument_group("paper profile (as for cirlib eval)")
+    paper.add_argument(
+        "--weights", type=Path, metavar="DIR", help="folder of weight files (or $CIRLIB_WEIGHTS)"
+    )
+    paper.add_argument("--backbone", help="ViT-B-32, ViT-L-14 (default), ViT-g-14 or ViT-bigG-14")
+    paper.add_argument("--phi", metavar="NAME", help="pic2word/searle/lincir/cig: a released phi by name")
+    paper.add_argument(
+        "--preprocess", choices=("clip", "targetpad"), help="image preprocessing (default: the method's own)"
+    )
+    paper.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    paper.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="CUDA autocast")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
+    parser.add_argument("--workers", type=int, default=4, help="image-decoding worker processes")
+    options = parser.add_argument_group("method options (as for cirlib eval)")
+    options.add_argument(
+        "--predicir-checkpoint", metavar="FILE", help="predicir: the network (paper: required)"
+    )
+    options.add_argument("--predicir-box", choices=("center", "full"), help="predicir: the reference's box")
+    options.add_argument(
+        "--generator", type=Path, metavar="DIR", help="cig, paper: SD / SDXL pipeline folder"
+    )
+    options.add_argument("--generator-kind", choices=("sdxl", "sd15"), help="cig, paper: pipeline kind")
+    options.add_argument("--unet", type=Path, metavar="DIR", help="cig, paper: CIG's fine-tuned UNet")
+    options.add_argument("--vae", type=Path, metavar="DIR", help="cig, paper: VAE folder")
+    options.add_argument("--fusion-weight", type=float, metavar="W", help="cig: the reference query's weight")
+    options.add_argument("--n-generated", type=int, metavar="N", help="cig: pseudo-targets per query")
+    options.add_argument("--generation-steps", type=int, metavar="S", help="cig: diffusion steps")
+    options.add_argument("--guidance", type=float, metavar="G", help="cig: classifier-free guidance scale")
+
+
+@command(
+    "search",
+    help="search a folder of your own images with a composed query (reference image + text); prints the top k",
+    configure=_configure_search,
+)
+def _run_search(args: argparse.Namespace) -> int:
+    from cirlib.run import METHOD_OPTIONS, EvalConfig, RunError, check_method_options
+    from cirlib.search import SearchError, check_paper_files, check_reference, folder_gallery
+
+    if args.k < 1:
+        raise CLIError(f"-k must be a whole number >= 1, not {args.k}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise CLIError("--batch-size must be >= 1 and --workers >= 0")
+    if args.profile != "paper":
+        paper_only = [f"--{f}" for f in ("weights", "backbone", "phi", "preprocess") if getattr(args, f)]
+        if paper_only:
+            raise CLIError(
+                f"{', '.join(paper_only)}: for --profile paper; the tiny profile uses its committed checkpoints"
+            )
+    given = [k for options in METHOD_OPTIONS.values() for k in options if getattr(args, k) is not None]
+    # benchmark=None: no benchmark's prompt or fusion weight applies to a folder of your own images
+    cfg = EvalConfig(
+        benchmark=None,  # type: ignore[arg-type]
+        method=args.method,
+        profile=args.profile,
+        **{
+            k: getattr(args, k)
+            for k in ("weights", "backbone", "phi", "preprocess", "device", "precision", "batch_size",
+                      "workers", *given)
+        },
+    )  # fmt: skip
+    try:
+        folder_gallery(args.images)  # every path, before torch is imported
+        reference = check_reference(args.reference)
+        check_method_options(cfg, given)  # also an option given with its default value
+        check_paper_files(cfg)
+    except (SearchError, RunError) as err:
+        raise CLIError(str(err)) from None
+    from cirlib.methods import list_methods
+
+    if args.method not in list_methods(args.profile):
+        raise CLIError(
+            f"unknown method {args.method!r} for profile {args.profile}; known: {', '.join(list_methods(args.profile))}"
+        )
+    from cirlib.models.released import ReleasedWeightsError
+    from cirlib.run import build
+    from cirlib.search import for_image_files, index_folder, reference_in_gallery, search
+
+    try:
+        method = for_image_files(build(cfg))
+        gallery = index_folder(args.images, method)
+        hits = search(method, gallery, reference, args.text, k=args.k)
+    except (SearchError, RunError, ReleasedWeightsError) as err:
+        raise CLIError(str(err)) from None
+    inside = reference_in_gallery(gallery, reference)
+    if inside is not None:
+        log.info("the reference %s is in the folder: left out of the results", inside)
+    if args.json is None:
+        width = max(len(str(len(hits))), 4)
+        lines = [f"{'rank':>{width}}  {'score':>7}  path"]
+        lines += [f"{r:>{width}}  {h.score:7.4f}  {h.path}" for r, h in enumerate(hits, 1)]
+        sys.stdout.write("\n".join(lines) + "\n")
+        return 0
+    record = {
+        "images": str(args.images),
+        "n_images": len(gallery),
+        "reference": str(reference),
+        "reference_in_folder": inside,
+        "texts": list(args.text),
+        "method": args.method,
+        "profile": args.profile,
+        "backbone": cfg.resolved_backbone(),
+        "k": args.k,
+        "results": [{"rank": r, "id": h.id, "path": h.path, "score": h.score} for r, h in enumerate(hits, 1)],
+    }
+    if str(args.json) == "-":
+        sys.stdout.write(json.dumps(record) + "\n")
+    else:
+        from cirlib.config import atomic_write_json
+
+        atomic_write_json(args.json, record)
+        log.info("wrote %d results to %s", len(hits), args.json)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -297,3 +298,29 @@ def paired_differences(evaluations: dict[str, Evaluation], better: str, others: 
             }
         )
     return pd.DataFrame(rows).set_index("comparison")
+
+
+def query_cost(method: Method, queries: Sequence[Query], gallery: Gallery, scratch: Path) -> dict[str, float]:
+    """What one query costs a method: seconds per query of :meth:`Method.encode_queries` with every
+    query-side cache cold (a fresh embedding cache under ``scratch``; the gallery is encoded first,
+    untimed, since an index is built once) and, for generative methods, images generated per query.
+    Pass a freshly built method: memoised query parts would hide the cost."""
+    import time
+
+    from cirlib.retrieval import EmbeddingCache
+
+    cache = EmbeddingCache(scratch)
+    method.cache = cache
+    pseudo_targets = getattr(method, "pseudo_target_cache", None)
+    if pseudo_targets is not None:
+        pseudo_targets.cache, pseudo_targets.generated = cache, 0
+    method.gallery_features(gallery)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        method.encode_queries(queries, gallery)
+    seconds = time.perf_counter() - start
+    generated = pseudo_targets.generated if pseudo_targets is not None else 0
+    return {
+        "seconds per query": seconds / len(queries),
+        "generated images per query": generated / len(queries),
+    }

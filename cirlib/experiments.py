@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from cirlib.config import RESULTS_DIR, atomic_write_json
+from cirlib.config import RESULTS_DIR, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "CI",
@@ -363,6 +363,134 @@ def write_results(notebook: str, rows: Iterable[ResultRow], *, root: Path | None
     payload = {"schema_version": SCHEMA_VERSION, "notebook": notebook, "rows": [r.to_json() for r in rows]}
     atomic_write_json(path, payload)
     return path
+
+
+# ------------------------------------------------------------------------------ per-query values
+@dataclass
+class PerQuery:
+    """Per-query metric values of several methods on the same queries of one benchmark split, so
+    that a later notebook can pair them (paired bootstrap, per-edit-kind breakdowns)."""
+
+    benchmark: str
+    split: str
+    qids: list[str]
+    categories: list[str] | None  # strata of the "average/" metrics (FashionIQ), else None
+    values: dict[str, dict[str, np.ndarray]]  # method -> metric -> [Q], in [0, 1]
+
+    def strata(self, metric: str) -> list[str] | None:
+        return self.categories if "average/" in metric else None
+
+
+def per_query_path(notebook: str, root: Path | None = None) -> Path:
+    """``data/results/<notebook>.per_query.npz`` (or under ``root``)."""
+    path = results_path(notebook, root)
+    return path.with_name(f"{notebook}.per_query.npz")
+
+
+def write_per_query(
+    notebook: str,
+    evaluations: Mapping[str, Mapping[str, Any]],
+    metric_names: Mapping[str, Sequence[str]],
+    *,
+    root: Path | None = None,
+) -> Path:
+    """Write the per-query values behind a notebook's result rows: ``evaluations`` maps a benchmark
+    form to ``{method label: Evaluation}`` (all on the same queries), ``metric_names`` maps the form to
+    the metrics kept. One compressed ``.npz``, written atomically; read back with :func:`read_per_query`."""
+    import io
+    import zipfile
+
+    arrays: dict[str, np.ndarray] = {}
+    for form, by_method in evaluations.items():
+        evs = list(by_method.items())
+        if not evs:
+            continue
+        first = evs[0][1]
+        prefix = f"{first.benchmark}|{first.split}"
+        for label, ev in evs:
+            if ev.qids != first.qids:
+                raise ValueError(f"{label} on {prefix} was evaluated on other queries than {evs[0][0]}")
+            for metric in metric_names[form]:
+                if metric in ev.per_query:
+                    if "|" in label or "|" in metric:
+                        raise ValueError(f"method {label!r} / metric {metric!r} must not contain '|'")
+                    arrays[f"{prefix}|{label}|{metric}"] = np.asarray(ev.per_query[metric], dtype=np.float32)
+        arrays[f"{prefix}|#qids"] = np.asarray(first.qids)
+        if first.categories is not None:
+            arrays[f"{prefix}|#categories"] = np.asarray(first.categories)
+    # np.savez stamps each member with the current time; fixed stamps make equal values equal bytes,
+    # so a rerun that reproduces the numbers leaves the committed file unchanged.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w") as handle:
+                np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)
+    path = per_query_path(notebook, root)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def read_per_query(notebook: str, *, root: Path | None = None) -> dict[str, PerQuery]:
+    """The per-query values of a notebook, by benchmark name (e.g. ``world-cirr``); raises naming the
+    file when it is missing or damaged."""
+    path = per_query_path(notebook, root)
+    if not path.is_file():
+        raise ResultsFileError(f"{path} does not exist: run the notebook {notebook} (make reproduce)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as err:
+        raise ResultsFileError(
+            f"{path} is not a readable .npz file ({err}); rerun the notebook {notebook}"
+        ) from err
+    out: dict[str, PerQuery] = {}
+    for key, array in arrays.items():
+        benchmark, split, name, *rest = key.split("|")
+        entry = out.setdefault(benchmark, PerQuery(benchmark, split, [], None, {}))
+        if name == "#qids":
+            entry.qids = [str(q) for q in array]
+        elif name == "#categories":
+            entry.categories = [str(c) for c in array]
+        else:
+            entry.values.setdefault(name, {})[rest[0]] = array.astype(float)
+    for entry in out.values():
+        for method, metrics in entry.values.items():
+            for metric, values in metrics.items():
+                if len(values) != len(entry.qids):
+                    raise ResultsFileError(
+                        f"{path}: {entry.benchmark} {method} {metric} has {len(values)} values for {len(entry.qids)} queries"
+                    )
+    return out
+
+
+# ------------------------------------------------------------------------------ claims
+def claims_path(notebook: str, root: Path | None = None) -> Path:
+    """``data/results/<notebook>.claims.csv`` (or under ``root``)."""
+    return results_path(notebook, root).with_name(f"{notebook}.claims.csv")
+
+
+def write_claims(notebook: str, table: Any, *, root: Path | None = None) -> Path:
+    """Write a method notebook's claims table (one row per claim and benchmark, with at least the
+    columns ``claim``, ``benchmark``, ``verdict``; index levels count as columns) as CSV, atomically."""
+    frame = table.reset_index()
+    missing = {"claim", "benchmark", "verdict"} - set(frame.columns)
+    if missing:
+        raise ValueError(
+            f"a claims table needs the columns claim, benchmark, verdict; missing {sorted(missing)}"
+        )
+    path = claims_path(notebook, root)
+    atomic_write_bytes(path, frame.to_csv(index=False).encode())
+    return path
+
+
+def read_claims(notebook: str, *, root: Path | None = None) -> Any:
+    """A notebook's claims table (pandas), or None when the notebook writes none."""
+    import pandas as pd
+
+    path = claims_path(notebook, root)
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def read_results(notebook: str, *, root: Path | None = None) -> list[ResultRow]:

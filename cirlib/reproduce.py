@@ -4,7 +4,8 @@
 order, in place (each written atomically once it has run), so the committed notebooks always show
 the outputs of the last full run; figures land in ``figures/`` and result tables in
 ``data/results/``. ``--smoke`` passes each notebook's small ``SMOKE`` parameters instead (what the
-tests run), writing executed copies to a scratch folder rather than over the notebooks.
+tests run), writing executed copies to a scratch folder rather than over the notebooks. Every run is
+static (``CIRLIB_STATIC=1`` unless set): interactive parts print how to enable them and create no widget.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def run_notebook(path: Path, parameters: dict, output: Path, timeout: int | None
     """Execute ``path`` with papermill into ``output`` (atomically); return the seconds it took."""
     import papermill
 
+    # Batch runs are static: notebooks that offer widgets (06, the explorer) print how to get them
+    # instead of creating any, so committed notebooks carry no widget state. The kernel inherits
+    # this; a session that sets CIRLIB_STATIC itself (even to "0") keeps its own value.
+    os.environ.setdefault("CIRLIB_STATIC", "1")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.running.ipynb")
     start = time.perf_counter()

@@ -344,6 +344,42 @@ def check_generator_paths(cfg: EvalConfig) -> dict[str, str]:
     return found
 
 
+def check_model_files(cfg: EvalConfig) -> dict[str, Any]:
+    """The model inputs of a paper-profile run, checked without importing torch: cig's generator
+    folders, predicir's checkpoint, the phi and CLIP weight files. Returns what was found; raises
+    :class:`RunError`. (``cirlib search`` needs exactly these, without a dataset.)"""
+    return {**_check_generative_files(cfg), **_check_weight_files(cfg)}
+
+
+def _check_generative_files(cfg: EvalConfig) -> dict[str, Any]:
+    if cfg.method == "cig":
+        return {"generator_files": check_generator_paths(cfg)}
+    if cfg.method == "predicir":
+        return {"predicir_weights": check_predicir_checkpoint(cfg)}
+    return {}
+
+
+def _check_weight_files(cfg: EvalConfig) -> dict[str, Any]:
+    from cirlib.models.weights import MissingWeightsError, resolve_weights
+
+    phi_methods = (*RELEASED_PHI_METHODS, *RETRIEVAL_PHI_OF)
+    if cfg.phi and cfg.method not in phi_methods:
+        raise RunError(f"--phi is for the methods {', '.join(phi_methods)}, not {cfg.method}")
+    try:
+        if cfg.method in phi_methods:
+            from cirlib.models.released import resolve_phi_weights, select_released
+
+            owner = RETRIEVAL_PHI_OF.get(cfg.method, cfg.method)
+            spec = select_released(owner, cfg.resolved_backbone(), cfg.phi)
+            return {
+                "phi_weights": resolve_phi_weights(spec, cfg.weights),
+                "clip_weights": resolve_weights(spec.backbone, cfg.weights),
+            }
+        return {"clip_weights": resolve_weights(cfg.resolved_backbone(), cfg.weights)}
+    except (MissingWeightsError, KeyError, ValueError) as err:
+        raise RunError(str(err).strip('"')) from None
+
+
 def check_paths(cfg: EvalConfig) -> dict[str, Any]:
     """Check the method options and every input path of a paper-profile run without importing
     torch; returns what was found (layout, weight files, generator files). Raises
@@ -357,11 +393,9 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
                 )
         return {}
     from cirlib.data.real import DataNotFoundError, resolve_layout
-    from cirlib.models.weights import MissingWeightsError, resolve_weights
 
     # the generator (or PrediCIR's checkpoint) first: the most likely to be missing, and needs no data
-    generator_files = check_generator_paths(cfg) if cfg.method == "cig" else None
-    predicir_file = check_predicir_checkpoint(cfg) if cfg.method == "predicir" else None
+    generative = _check_generative_files(cfg)
     if cfg.data is None:
         raise RunError(
             f"the paper profile needs --data DIR: the {cfg.benchmark} dataset folder with its images "
@@ -371,27 +405,7 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
         layout = resolve_layout(cfg.benchmark, _upstream_split(cfg), cfg.data, images=cfg.images)
     except DataNotFoundError as err:
         raise RunError(str(err)) from None
-    found: dict[str, Any] = {"layout": layout}
-    if generator_files is not None:
-        found["generator_files"] = generator_files
-    if predicir_file is not None:
-        found["predicir_weights"] = predicir_file
-    phi_methods = (*RELEASED_PHI_METHODS, *RETRIEVAL_PHI_OF)
-    if cfg.phi and cfg.method not in phi_methods:
-        raise RunError(f"--phi is for the methods {', '.join(phi_methods)}, not {cfg.method}")
-    try:
-        if cfg.method in phi_methods:
-            from cirlib.models.released import resolve_phi_weights, select_released
-
-            owner = RETRIEVAL_PHI_OF.get(cfg.method, cfg.method)
-            spec = select_released(owner, cfg.resolved_backbone(), cfg.phi)
-            found["phi_weights"] = resolve_phi_weights(spec, cfg.weights)
-            found["clip_weights"] = resolve_weights(spec.backbone, cfg.weights)
-        else:
-            found["clip_weights"] = resolve_weights(cfg.resolved_backbone(), cfg.weights)
-    except (MissingWeightsError, KeyError, ValueError) as err:
-        raise RunError(str(err).strip('"')) from None
-    return found
+    return {"layout": layout, **generative, **_check_weight_files(cfg)}
 
 
 def _upstream_split(cfg: EvalConfig) -> str:

@@ -262,3 +262,74 @@ def test_stratified_bootstrap_of_reweighted_values_stays_in_range():
     assert d.diff == 0 and d.p_value == 1
     with pytest.raises(ValueError, match="strata"):
         bootstrap_ci(values, strata=["a"] * 3)
+
+
+def test_per_query_values_round_trip(tmp_path):
+    from types import SimpleNamespace
+
+    from cirlib.experiments import ResultsFileError, read_per_query, write_per_query
+
+    def ev(values, categories=None, qids=("q1", "q2", "q3")):
+        return SimpleNamespace(
+            benchmark="world-fashioniq",
+            split="test",
+            qids=list(qids),
+            categories=categories,
+            per_query={"average/recall@10": np.asarray(values, dtype=float)},
+        )
+
+    cats = ["dress", "shirt", "dress"]
+    evaluations = {"fashioniq": {"sum": ev([1, 0, 1], cats), "cig (image level)": ev([0, 0, 1], cats)}}
+    path = write_per_query(
+        "nb", evaluations, {"fashioniq": ["average/recall@10", "missing/metric"]}, root=tmp_path
+    )
+    assert path.name == "nb.per_query.npz"
+    got = read_per_query("nb", root=tmp_path)["world-fashioniq"]
+    assert got.qids == ["q1", "q2", "q3"] and got.split == "test" and got.strata("average/recall@10") == cats
+    assert got.values["cig (image level)"]["average/recall@10"].tolist() == [0.0, 0.0, 1.0]
+    assert set(got.values) == {"sum", "cig (image level)"} and got.strata("recall@1") is None
+    with pytest.raises(ValueError, match="other queries"):
+        write_per_query("nb", {"fashioniq": {"a": ev([1, 0, 1]), "b": ev([1, 0], qids=("q1", "q2"))}},
+                        {"fashioniq": ["average/recall@10"]}, root=tmp_path)  # fmt: skip
+    with pytest.raises(ResultsFileError, match="does not exist"):
+        read_per_query("other", root=tmp_path)
+    path.write_bytes(b"not an npz")
+    with pytest.raises(ResultsFileError, match="not a readable"):
+        read_per_query("nb", root=tmp_path)
+
+
+def test_claims_tables_round_trip(tmp_path):
+    import pandas as pd
+
+    from cirlib.experiments import read_claims, write_claims
+
+    table = pd.DataFrame(
+        {
+            "claim": ["1. x", "1. x"],
+            "benchmark": ["cirr", "circo"],
+            "value": [1.5, -2.0],
+            "verdict": ["holds", "does not hold"],
+        }
+    ).set_index(["claim", "benchmark"])
+    path = write_claims("nb", table, root=tmp_path)
+    assert path.name == "nb.claims.csv"
+    back = read_claims("nb", root=tmp_path)
+    assert back["verdict"].tolist() == ["holds", "does not hold"] and back["value"].tolist() == [1.5, -2.0]
+    assert read_claims("other", root=tmp_path) is None
+    with pytest.raises(ValueError, match="verdict"):
+        write_claims("nb", table.drop(columns=["verdict"]), root=tmp_path)
+
+
+def test_per_query_files_are_byte_identical_for_equal_values(tmp_path):
+    from types import SimpleNamespace
+
+    from cirlib.experiments import write_per_query
+
+    ev = SimpleNamespace(benchmark="world-cirr", split="test", qids=["a", "b"], categories=None,
+                         per_query={"recall@1": np.array([1.0, 0.0])})  # fmt: skip
+    first = write_per_query("nb", {"cirr": {"sum": ev}}, {"cirr": ["recall@1"]}, root=tmp_path).read_bytes()
+    import time
+
+    time.sleep(2.1)  # zip stamps have a 2-second resolution
+    again = write_per_query("nb", {"cirr": {"sum": ev}}, {"cirr": ["recall@1"]}, root=tmp_path).read_bytes()
+    assert first == again

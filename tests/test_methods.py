@@ -264,3 +264,19 @@ def test_cli_eval_runs_with_micro_models(tmp_path, monkeypatch, capsys):
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["metrics"] == result and record["n_queries"] == 20
     assert record["config"]["profile"] == "tiny" and record["throughput"]["queries_per_s"] > 0
+
+
+def test_query_cost_counts_time_and_generated_images(bench, tmp_path):
+    from cirlib.data.types import Gallery
+    from cirlib.evaluation import query_cost
+
+    b = bench["cirr"]
+    queries = b.queries[:3]
+    refs = sorted({q.reference for q in queries})
+    gallery = Gallery(refs, b.galleries["all"].pixels(refs))
+    plain = query_cost(build_method("sum"), queries, gallery, tmp_path / "sum")
+    assert plain["seconds per query"] > 0 and plain["generated images per query"] == 0
+    cig = build_method("cig", n_generated=2)
+    cost = query_cost(cig, queries, gallery, tmp_path / "cig")
+    assert cost["generated images per query"] >= 2  # two pseudo-targets each (more with filter retries)
+    assert cig.pseudo_target_cache.cache.root == tmp_path / "cig"  # the query side ran on a fresh cache

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_components import register_random_backbone
+from tiny_components import random_backbone
 
 from cirlib.cli import main
 from cirlib.config import REPO_ROOT
 from cirlib.data.placeholders import make_placeholder_dataset
-from cirlib.models import weights as weights_mod
 from cirlib.run import EvalConfig, run_eval
 from cirlib.submission import read_circo_predictions, read_cirr_predictions, score_predictions
 
@@ -33,9 +32,7 @@ TEST_ARCH = "cirlib-test-ViT-T-16"
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A weights folder holding a random tiny open_clip CLIP registered as paper backbone TEST_ARCH."""
-    folder = register_random_backbone(tmp_path_factory.mktemp("backbone"), TEST_ARCH)
-    yield folder
-    weights_mod.PAPER_BACKBONES.pop(TEST_ARCH, None)
+    yield from random_backbone(tmp_path_factory, TEST_ARCH)
 
 
 @pytest.fixture(scope="module")

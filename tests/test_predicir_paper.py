@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_components import register_random_backbone
+from tiny_components import random_backbone
 
 from cirlib.cli import main
 from cirlib.config import REPO_ROOT
 from cirlib.data.placeholders import make_placeholder_dataset
-from cirlib.models import weights as weights_mod
 from cirlib.models import zoo
 from cirlib.models.predicir import INFERENCE_BOXES, PrediCIRNet, load_predicir_file
 from cirlib.run import (
@@ -43,9 +42,7 @@ TEST_ARCH = "cirlib-test-predicir-ViT-T-16"
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory) -> Path:
     """A weights folder holding a random tiny open_clip CLIP registered as paper backbone TEST_ARCH."""
-    folder = register_random_backbone(tmp_path_factory.mktemp("backbone"), TEST_ARCH)
-    yield folder
-    weights_mod.PAPER_BACKBONES.pop(TEST_ARCH, None)
+    yield from random_backbone(tmp_path_factory, TEST_ARCH)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ pseudo-target generator). Every builder is seeded, so the same call gives the sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +172,13 @@ def register_random_backbone(root: Path, arch: str) -> Path:
     folder.mkdir()
     safetensors.torch.save_file(model.state_dict(), folder / weights_mod.expected_filename(backbone))
     return folder
+
+
+def random_backbone(tmp_path_factory: Any, arch: str) -> Iterator[Path]:
+    """The body of a module fixture: ``yield from random_backbone(tmp_path_factory, ARCH)`` gives the
+    weights folder of a registered random backbone and unregisters it afterwards."""
+    from cirlib.models import weights as weights_mod
+
+    folder = register_random_backbone(tmp_path_factory.mktemp("backbone"), arch)
+    yield folder
+    weights_mod.PAPER_BACKBONES.pop(arch, None)

@@ -164,11 +164,12 @@ class PrediCIR(Method):
         )
 
     def nearest_to_prediction(
-        self, queries: Sequence[Query], gallery: Gallery, k: int = 3
+        self, queries: Sequence[Query], gallery: Gallery, k: int = 3, *, references: Gallery | None = None
     ) -> list[list[str]]:
         """For each query, the ``k`` gallery images whose features in the predicted regions are closest
-        (mean cosine over the used mask slots, layer-normalised features) to what the network predicted."""
-        output = self.predict_queries(queries, gallery)
+        (mean cosine over the used mask slots, layer-normalised features) to what the network predicted.
+        ``references``: where the queries' references are, when not in ``gallery`` (a drawn scene)."""
+        output = self.predict_queries(queries, gallery if references is None else references)
         bank = F.normalize(layer_norm_targets(self.gallery_regions(gallery)), dim=-1)  # [G, R, W]
         predicted = F.normalize(output.predicted, dim=-1)  # [Q, R, W]
         active = output.query_active.float()  # [Q, R]
