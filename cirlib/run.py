@@ -38,6 +38,7 @@ from cirlib.generation.files import (
     folder_problem,
     unet_folder,
 )
+from cirlib.models.weights import PREDICIR_HOW
 
 log = logging.getLogger("cirlib.run")
 
@@ -73,12 +74,6 @@ PREDICIR_OPTIONS: dict[str, str] = {
 PREDICIR_BOXES = ("center", "full")
 #: The zoo kind a paper-profile ``--predicir-checkpoint`` file must carry in its safetensors metadata.
 PREDICIR_KIND = "predicir"
-#: How to make a PrediCIR checkpoint: no official weights exist (the authors' repository is README only).
-PREDICIR_HOW = (
-    "no official PrediCIR weights exist (the authors' repository has neither code nor weights); train one "
-    "on image-caption pairs with the same backbone: cirlib train-predicir --backbone {backbone} --weights DIR "
-    "--pairs PAIRS.jsonl --output FILE.safetensors (see README, 'PrediCIR on the real benchmarks')"
-)
 
 #: Method -> the options only it takes (giving one to another method is an error naming it).
 METHOD_OPTIONS: dict[str, dict[str, str]] = {"cig": CIG_OPTIONS, "predicir": PREDICIR_OPTIONS}

@@ -238,10 +238,11 @@ def _predicir(
     from cirlib.models.predicir import load_predicir_file
 
     if checkpoint is None:
+        from cirlib.models.weights import PREDICIR_HOW
+
         raise ValueError(
-            "PrediCIR in the paper profile needs --predicir-checkpoint FILE: no official PrediCIR weights "
-            "exist (the authors' repository is README only); train one on your image-caption pairs with "
-            "the same backbone (see README, 'PrediCIR on the real benchmarks')"
+            "PrediCIR in the paper profile needs --predicir-checkpoint FILE: "
+            + PREDICIR_HOW.format(backbone=backbone or DEFAULT_BACKBONE)
         )
     net = load_predicir_file(checkpoint)
     return PrediCIR(_clip("paper", backbone, weights, **options), net, box=box, name="predicir")

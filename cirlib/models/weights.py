@@ -16,6 +16,13 @@ from pathlib import Path
 WEIGHTS_ENV = "CIRLIB_WEIGHTS"
 #: The paper profile's backbone when none is named: OpenAI ViT-L/14, the one every paper reports.
 DEFAULT_BACKBONE = "ViT-L-14"
+
+#: How to make a PrediCIR checkpoint for a paper-profile backbone (``.format(backbone=...)``): no official weights exist (the authors' repository is README only).
+PREDICIR_HOW = (
+    "no official PrediCIR weights exist (the authors' repository has neither code nor weights); train one "
+    "on image-caption pairs with the same backbone: cirlib train-predicir --backbone {backbone} --weights DIR "
+    "--pairs PAIRS.jsonl --output FILE.safetensors (see README, 'PrediCIR on the real benchmarks')"
+)
 _EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
 
 
