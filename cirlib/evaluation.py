@@ -310,14 +310,20 @@ def query_cost(method: Method, queries: Sequence[Query], gallery: Gallery, scrat
     from cirlib.retrieval import EmbeddingCache
 
     cache = EmbeddingCache(scratch)
-    method.cache = cache
+    if hasattr(method, "use_cache"):  # methods built from several cached parts (IP-CIR)
+        method.use_cache(cache)
+    else:
+        method.cache = cache
     pseudo_targets = getattr(method, "pseudo_target_cache", None)
     if pseudo_targets is not None:
         pseudo_targets.cache, pseudo_targets.generated = cache, 0
     method.gallery_features(gallery)
     start = time.perf_counter()
     with torch.inference_mode():
-        method.encode_queries(queries, gallery)
+        if getattr(method, "single_embedding", True):
+            method.encode_queries(queries, gallery)
+        else:  # a score that is not one embedding per query: time the scoring
+            method.score(queries, gallery)
     seconds = time.perf_counter() - start
     generated = pseudo_targets.generated if pseudo_targets is not None else 0
     return {

@@ -163,3 +163,25 @@ def metric_bars(
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def draw_layout(plan, size: int = 64) -> np.ndarray:
+    """A plan's layout as a picture (uint8 ``[size, size, 3]``): each box outlined on a light canvas,
+    filled with its phrase's colour word when it names one of the world's colours."""
+    from PIL import Image, ImageDraw
+
+    from cirlib.world.language import COLOR_WORDS
+    from cirlib.world.render import RGB
+
+    scale = 4
+    canvas = Image.new("RGB", (size * scale, size * scale), (235, 235, 230))
+    draw = ImageDraw.Draw(canvas)
+    for obj in plan.objects:
+        words = obj.phrase.split()
+        colour = next((RGB[c] for c, names in COLOR_WORDS.items() if any(n in words for n in names)), None)
+        x0, y0, x1, y1 = (v * size * scale for v in obj.box)
+        draw.rectangle([x0, y0, x1, y1], fill=colour, outline=(40, 40, 40), width=scale)
+        draw.text(
+            (x0 + scale, y0 + scale), words[-1][:6], fill=(0, 0, 0) if colour is None else (255, 255, 255)
+        )
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)

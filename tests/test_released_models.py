@@ -295,8 +295,10 @@ print(json.dumps([phi_torch, raised, "diffusers" in sys.modules, "transformers" 
 
 
 # --------------------------------------------------------------------------- Part 2: generation
-# The tiny diffusers / transformers builders are shared with test_cig_paper.py.
+# The tiny diffusers / transformers builders are shared with test_cig_paper.py and test_ipcir_paper.py.
 from tiny_components import clip_tokenizer as _clip_tokenizer  # noqa: E402
+from tiny_components import save_blip2 as _save_blip2  # noqa: E402
+from tiny_components import save_llm as _save_llm  # noqa: E402
 from tiny_components import text_config as _text_config  # noqa: E402
 from tiny_components import unet as _unet  # noqa: E402
 from tiny_components import vae as _vae  # noqa: E402
@@ -309,17 +311,6 @@ from cirlib.generation import (  # noqa: E402
     load_llm,
     load_sd_pipeline,
 )
-
-
-def _byte_tokenizer(**specials):
-    """A byte-level GPT-2 tokenizer: the 256 byte symbols plus the given special tokens, no merges."""
-    from tokenizers import pre_tokenizers
-    from transformers import GPT2Tokenizer
-
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(specials.values()))}
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    return GPT2Tokenizer(vocab=vocab, merges=[], model_max_length=128, **specials)
 
 
 @pytest.fixture(scope="module")
@@ -399,49 +390,7 @@ def test_sdxl_pipeline_takes_cig_unet_and_vae_folders(sd_dirs: dict[str, Path]) 
 @pytest.fixture(scope="module")
 def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random BLIP-2 (ViT, Q-Former, OPT) with a byte-level tokenizer, saved to disk."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
-
-    folder = tmp_path_factory.mktemp("blip2")
-    tok = _byte_tokenizer(bos_token="</s>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-    processor = Blip2Processor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4)
-    vocab_size = len(processor.tokenizer)  # the processor adds the <image> token
-    config = Blip2Config(
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 16,
-            "patch_size": 8,
-        },
-        qformer_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "encoder_hidden_size": 16,
-            "vocab_size": vocab_size,
-        },
-        text_config={
-            "model_type": "opt",
-            "vocab_size": vocab_size,
-            "hidden_size": 16,
-            "ffn_dim": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "word_embed_proj_dim": 16,
-            "max_position_embeddings": 64,
-            "bos_token_id": tok.convert_tokens_to_ids("</s>"),
-            "eos_token_id": tok.convert_tokens_to_ids("<eos>"),
-            "pad_token_id": tok.convert_tokens_to_ids("<pad>"),
-        },
-        num_query_tokens=4,
-        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    torch.manual_seed(0)
-    Blip2ForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save_blip2(tmp_path_factory.mktemp("blip2"))
 
 
 def test_captioner_from_a_local_folder_captions_images(captioner_dir: Path) -> None:
@@ -465,30 +414,7 @@ def test_captioner_from_a_local_folder_captions_images(captioner_dir: Path) -> N
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama with a byte-level tokenizer and a chat template, saved to disk."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("llm")
-    tok = _byte_tokenizer(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    tok.chat_template = (
-        "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant:{% endif %}"
-    )
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return _save_llm(tmp_path_factory.mktemp("llm"))
 
 
 def test_llm_from_a_local_folder_generates_text(llm_dir: Path) -> None:

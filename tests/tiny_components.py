@@ -182,3 +182,140 @@ def random_backbone(tmp_path_factory: Any, arch: str) -> Iterator[Path]:
     folder = register_random_backbone(tmp_path_factory.mktemp("backbone"), arch)
     yield folder
     weights_mod.PAPER_BACKBONES.pop(arch, None)
+
+
+# --------------------------------------------------------------------------- captioner, LLM, GLIGEN
+def byte_tokenizer(**specials: str) -> Any:
+    """A byte-level GPT-2 tokenizer: the 256 byte symbols plus the given special tokens, no merges."""
+    from tokenizers import pre_tokenizers
+    from transformers import GPT2Tokenizer
+
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(specials.values()))}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    return GPT2Tokenizer(vocab=vocab, merges=[], model_max_length=128, **specials)
+
+
+def save_blip2(folder: Path, seed: int = 0) -> Path:
+    """A tiny random BLIP-2 (ViT, Q-Former, OPT) with a byte-level tokenizer, saved to ``folder``."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+
+    tok = byte_tokenizer(bos_token="</s>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    processor = Blip2Processor(BlipImageProcessor(size={"height": 16, "width": 16}), tok, num_query_tokens=4)
+    vocab_size = len(processor.tokenizer)  # the processor adds the <image> token
+    config = Blip2Config(
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 16,
+            "patch_size": 8,
+        },
+        qformer_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "encoder_hidden_size": 16,
+            "vocab_size": vocab_size,
+        },
+        text_config={
+            "model_type": "opt",
+            "vocab_size": vocab_size,
+            "hidden_size": 16,
+            "ffn_dim": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "word_embed_proj_dim": 16,
+            "max_position_embeddings": 64,
+            "bos_token_id": tok.convert_tokens_to_ids("</s>"),
+            "eos_token_id": tok.convert_tokens_to_ids("<eos>"),
+            "pad_token_id": tok.convert_tokens_to_ids("<pad>"),
+        },
+        num_query_tokens=4,
+        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    Blip2ForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def save_llm(folder: Path, seed: int = 0, max_position_embeddings: int = 128) -> Path:
+    """A tiny random Llama with a byte-level tokenizer and a chat template, saved to ``folder``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = byte_tokenizer(bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tok.model_max_length = max(tok.model_max_length, max_position_embeddings)
+    tok.chat_template = (
+        "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def gligen_unet(seed: int, gate: float = 1.0) -> Any:
+    """A two-level text-box GLIGEN UNet: ``attention_type="gated"`` gives every transformer block a
+    gated self-attention layer (the "fuser") and the UNet a ``GLIGENTextBoundingboxProjection``
+    (``position_net``) over phrase features of width ``cross_attention_dim``. Fresh gates are
+    ``tanh(0) = 0`` (GLIGEN starts training from a no-op); ``gate`` sets them, so that the layout
+    reaches the image."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention import GatedSelfAttentionDense
+
+    torch.manual_seed(seed)
+    model = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=2,
+        cross_attention_dim=16,
+        attention_type="gated",
+    )
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, GatedSelfAttentionDense):
+                module.alpha_attn.fill_(gate)
+                module.alpha_dense.fill_(gate)
+    return model
+
+
+def save_gligen_pipeline(folder: Path, seed: int = 2, tokenizer: Any = None) -> Path:
+    """A tiny random text-box ``StableDiffusionGLIGENPipeline`` (no safety checker) saved to ``folder``."""
+    from diffusers import DDIMScheduler, StableDiffusionGLIGENPipeline
+    from transformers import CLIPTextModel
+
+    tok = tokenizer if tokenizer is not None else clip_tokenizer()
+    torch.manual_seed(seed)
+    StableDiffusionGLIGENPipeline(
+        vae=vae(seed),
+        text_encoder=CLIPTextModel(text_config(len(tok))),
+        tokenizer=tok,
+        unet=gligen_unet(seed),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
+    return folder

@@ -19,11 +19,15 @@ _LAZY: dict[str, str] = {
         for name in (
             "CAPTIONER_UPSTREAM",
             "CIG_PHIS",
+            "GLIGEN_UPSTREAM",
             "LLM_UPSTREAM",
             "SD_UPSTREAM",
+            "IPCIRFiles",
             "LocalModelNotFoundError",
             "MissingGeneratorFilesError",
+            "MissingIPCIRFilesError",
             "resolve_generator_files",
+            "resolve_ipcir_files",
         )
     },
     **{
@@ -51,6 +55,16 @@ _LAZY: dict[str, str] = {
             "PseudoTokenEncoder",
             "StableDiffusionComposedGenerator",
             "load_paper_cig_generator",
+        )
+    },
+    **{
+        name: "cirlib.generation.paper_ipcir"
+        for name in (
+            "IPCIR_PLAN_PROMPT",
+            "Blip2Captioner",
+            "GligenLayoutGenerator",
+            "LLMPlanner",
+            "load_ipcir_components",
         )
     },
 }

@@ -88,34 +88,40 @@ class GeneratorArch:
     prediction_type: str = "v_prediction"
 
 
+def build_unet(spec: GeneratorArch, in_channels: int = 3) -> nn.Module:
+    """The diffusers ``UNet2DConditionModel`` of ``spec`` (``in_channels`` > 3: extra input planes,
+    e.g. the layout canvas of :mod:`cirlib.generation.grounded`)."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(spec.block_out_channels)
+    # Cross-attention only at the lowest resolution (and the middle block): attention at 32x32 or
+    # 16x16 would cost most of the compute for little at this scale.
+    return UNet2DConditionModel(
+        sample_size=spec.image_size,
+        in_channels=in_channels,
+        out_channels=3,
+        block_out_channels=spec.block_out_channels,
+        down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
+        layers_per_block=spec.layers_per_block,
+        attention_head_dim=spec.attention_head_dim,
+        norm_num_groups=spec.norm_num_groups,
+        cross_attention_dim=spec.cross_attention_dim,
+        class_embed_type="projection" if spec.pooled_dim else None,
+        projection_class_embeddings_input_dim=spec.pooled_dim or None,
+    )
+
+
 class GeneratorUNet(nn.Module):
     """A ``UNet2DConditionModel`` with its architecture recorded (what the checkpoint zoo stores)."""
 
     def __init__(self, **arch: Any) -> None:
         super().__init__()
-        from diffusers import UNet2DConditionModel
-
         spec = GeneratorArch(
             **{**arch, "block_out_channels": tuple(arch.get("block_out_channels", (32, 64, 64)))}
         )
         self.arch: dict[str, Any] = asdict(spec)
-        n = len(spec.block_out_channels)
-        # Cross-attention only at the lowest resolution (and the middle block): attention at 32x32 or
-        # 16x16 would cost most of the compute for little at this scale.
-        self.unet = UNet2DConditionModel(
-            sample_size=spec.image_size,
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=spec.block_out_channels,
-            down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
-            up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
-            layers_per_block=spec.layers_per_block,
-            attention_head_dim=spec.attention_head_dim,
-            norm_num_groups=spec.norm_num_groups,
-            cross_attention_dim=spec.cross_attention_dim,
-            class_embed_type="projection" if spec.pooled_dim else None,
-            projection_class_embeddings_input_dim=spec.pooled_dim or None,
-        )
+        self.unet = build_unet(spec)
         #: :attr:`CLIPModel.hash` of the CLIP whose text states condition this UNet.
         self.clip_hash: str | None = None
 
@@ -240,93 +246,127 @@ def train_generator(
         torch.manual_seed(seed)
         model = GeneratorUNet(**asdict(arch))
         model.clip_hash = clip.hash
-        ema = copy.deepcopy(model).requires_grad_(False)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        snapshots: dict[int, dict[str, torch.Tensor]] = {}
-        start = 0
-        state_path = resume_dir / STATE_FILE if resume_dir is not None else None
         key = content_digest(
             [asdict(config), asdict(arch), seed, clip.hash, _module_digest(phi), len(images)]
         )
-        if state_path is not None and state_path.exists():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            if state.get("key") == key:
-                model.load_state_dict(state["model"])
-                ema.load_state_dict(state["ema"])
-                optimiser.load_state_dict(state["optimiser"])
-                snapshots = {int(k): v for k, v in state["snapshots"].items()}
-                start = int(state["step"])
         with torch.inference_mode():
             x0_all = _to_unit_range(images, arch.image_size)
         cond_all = composed_conditions(clip, phi, images, captions)
-        uncond = empty_condition(clip)
-        scheduler = _ddpm(arch)
-        sampler = EpochSampler(len(images), config.batch_size, seed)
-        model.train()
-
-        def save_state(step: int) -> None:
-            if state_path is None:
-                return
-            save_training_state(
-                state_path,
-                {
-                    "key": key,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "snapshots": {str(k): v for k, v in snapshots.items()},
-                },
-            )
-
-        bar = progress_bar(
-            range(start, config.steps),
-            show=progress,
+        ema, snapshots = train_diffusion(
+            model,
+            x0_all,
+            cond_all,
+            empty_condition(clip),
+            config,
+            seed,
+            key=key,
+            resume_dir=resume_dir,
+            stop_after=stop_after,
+            progress=progress,
             desc="train CIG generator",
-            initial=start,
-            total=config.steps,
         )
-        for step in bar:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            idx = torch.from_numpy(sampler.batch(step))
-            x0 = x0_all[idx]
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, arch.num_train_timesteps, (len(idx),), generator=gen)
-            drop = torch.rand(len(idx), generator=gen) < config.cond_dropout
-            cond = (
-                torch.where(drop.view(-1, 1, 1), uncond[0], cond_all[0][idx]),
-                torch.where(drop.view(-1, 1), uncond[1], cond_all[1][idx]),
-            )
-            xt = scheduler.add_noise(x0, noise, t)
-            target = noise if arch.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
-            loss = F.mse_loss(model(xt, t, cond), target)
-            for group in optimiser.param_groups:
-                group["lr"] = _lr_at(step, config)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-            optimiser.step()
-            with torch.no_grad():
-                decay = min(config.ema_decay, (1 + step) / (10 + step))  # warm EMA start
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - decay)
-            if hasattr(bar, "set_postfix") and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            done = step + 1
-            if done in config.snapshot_steps:
-                snapshots[done] = {k: v.clone() for k, v in ema.state_dict().items()}
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                save_state(done)
-            if stop_after is not None and done >= stop_after and done < config.steps:
-                save_state(done)
-                break
     out = {}
     for s, state in snapshots.items():
         snap = GeneratorUNet(**asdict(arch))
         snap.load_state_dict(state)
         snap.clip_hash = clip.hash
         out[s] = snap.eval()
-    return ema.eval(), out
+    return ema, out
+
+
+def train_diffusion(
+    model: nn.Module,
+    x0_all: torch.Tensor,
+    cond_all: tuple[torch.Tensor, ...],
+    uncond: tuple[torch.Tensor, ...],
+    config: GeneratorTrainConfig,
+    seed: int,
+    *,
+    key: str,
+    resume_dir: Path | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+    desc: str = "train generator",
+) -> tuple[nn.Module, dict[int, dict[str, torch.Tensor]]]:
+    """The DDPM training loop shared by CIG's generator and IP-CIR's grounded generator.
+
+    ``model(x_t, t, cond)`` predicts the target of ``model.spec.prediction_type`` given a condition
+    tuple; ``cond_all`` holds one row per image in each tensor and ``uncond`` the unconditional
+    condition (batch of one), used for a ``config.cond_dropout`` share of each batch. Returns the EMA
+    model (eval mode) and the EMA state dicts at ``config.snapshot_steps``. Resumable from
+    ``resume_dir`` when the saved state's ``key`` matches; every random draw is a function of
+    ``(seed, step)``, so a resumed run equals an uninterrupted one."""
+    arch = model.spec
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    start = 0
+    state_path = resume_dir / STATE_FILE if resume_dir is not None else None
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimiser.load_state_dict(state["optimiser"])
+            snapshots = {int(k): v for k, v in state["snapshots"].items()}
+            start = int(state["step"])
+    scheduler = _ddpm(arch)
+    sampler = EpochSampler(len(x0_all), config.batch_size, seed)
+    model.train()
+
+    def save_state(step: int) -> None:
+        if state_path is None:
+            return
+        save_training_state(
+            state_path,
+            {
+                "key": key,
+                "step": step,
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "snapshots": {str(k): v for k, v in snapshots.items()},
+            },
+        )
+
+    bar = progress_bar(
+        range(start, config.steps), show=progress, desc=desc, initial=start, total=config.steps
+    )
+    for step in bar:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.from_numpy(sampler.batch(step))
+        x0 = x0_all[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, arch.num_train_timesteps, (len(idx),), generator=gen)
+        drop = torch.rand(len(idx), generator=gen) < config.cond_dropout
+        cond = tuple(
+            torch.where(drop.view(-1, *[1] * (c.dim() - 1)), u, c[idx])
+            for c, u in zip(cond_all, uncond, strict=True)
+        )
+        xt = scheduler.add_noise(x0, noise, t)
+        target = noise if arch.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        loss = F.mse_loss(model(xt, t, cond), target)
+        for group in optimiser.param_groups:
+            group["lr"] = _lr_at(step, config)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+        optimiser.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + step) / (10 + step))  # warm EMA start
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - decay)
+        if hasattr(bar, "set_postfix") and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done in config.snapshot_steps:
+            snapshots[done] = {k: v.clone() for k, v in ema.state_dict().items()}
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_state(done)
+        if stop_after is not None and done >= stop_after and done < config.steps:
+            save_state(done)
+            break
+    return ema.eval(), snapshots
 
 
 def _module_digest(module: nn.Module) -> str:
@@ -386,46 +426,65 @@ class TinyComposedGenerator:
 
     def sample(self, cond: Condition, seeds: Sequence[int], show: bool | None = None) -> np.ndarray:
         """DDIM samples (uint8, CLIP size) for conditions of ``N`` prompts, one noise seed each."""
-        from diffusers import DDIMScheduler
+        uncond = empty_condition(self.clip) if self.sampling.guidance_scale != 1.0 else None
+        return ddim_sample(self.unet, cond, uncond, seeds, self.sampling, self.output_size, show=show)
 
-        spec = self.unet.spec
-        cfg = self.sampling
-        scheduler = DDIMScheduler(
-            num_train_timesteps=spec.num_train_timesteps,
-            beta_schedule=spec.beta_schedule,
-            prediction_type=spec.prediction_type,
-            clip_sample=True,
-            set_alpha_to_one=True,
-        )
-        scheduler.set_timesteps(cfg.steps)
-        guided = cfg.guidance_scale != 1.0
-        uncond = empty_condition(self.clip) if guided else None
-        size = spec.image_size
-        out = []
-        starts = range(0, len(seeds), cfg.batch_size)
-        show = len(seeds) > cfg.batch_size if show is None else show
-        with torch.inference_mode():
-            for start in progress_bar(starts, show=show, desc="generate pseudo-targets", unit="batch"):
-                sl = slice(start, start + cfg.batch_size)
-                c = (cond[0][sl], cond[1][sl])
-                x = torch.stack(
-                    [
-                        torch.randn(3, size, size, generator=torch.Generator().manual_seed(int(s)))
-                        for s in seeds[sl]
-                    ]
-                )
-                for t in scheduler.timesteps:
-                    tt = torch.full((len(x),), int(t))
-                    if guided:
-                        pair = tuple(torch.cat([u.expand_as(v), v]) for u, v in zip(uncond, c))
-                        both = self.unet(torch.cat([x, x]), torch.cat([tt, tt]), pair)
-                        e_u, e_c = both.chunk(2)
-                        eps = e_u + cfg.guidance_scale * (e_c - e_u)
-                    else:
-                        eps = self.unet(x, tt, c)
-                    x = scheduler.step(eps, t, x, eta=cfg.eta).prev_sample
-                out.append(_to_uint8(x, self.output_size))
-        return np.concatenate(out)
+
+def ddim_sample(
+    unet: nn.Module,
+    cond: tuple[torch.Tensor, ...],
+    uncond: tuple[torch.Tensor, ...] | None,
+    seeds: Sequence[int],
+    sampling: SamplingConfig,
+    output_size: int,
+    *,
+    show: bool | None = None,
+    desc: str = "generate pseudo-targets",
+) -> np.ndarray:
+    """Seeded DDIM sampling of ``unet`` (uint8 ``[N, output_size, output_size, 3]``) for a condition
+    tuple of ``N`` rows; each image draws its own noise from its seed, so an image does not depend on
+    the batch. ``uncond`` (batch of one) is needed when ``sampling.guidance_scale != 1``."""
+    from diffusers import DDIMScheduler
+
+    spec = unet.spec
+    cfg = sampling
+    scheduler = DDIMScheduler(
+        num_train_timesteps=spec.num_train_timesteps,
+        beta_schedule=spec.beta_schedule,
+        prediction_type=spec.prediction_type,
+        clip_sample=True,
+        set_alpha_to_one=True,
+    )
+    scheduler.set_timesteps(cfg.steps)
+    guided = cfg.guidance_scale != 1.0
+    if guided and uncond is None:
+        raise ValueError("classifier-free guidance needs the unconditional condition")
+    size = spec.image_size
+    out = []
+    starts = range(0, len(seeds), cfg.batch_size)
+    show = len(seeds) > cfg.batch_size if show is None else show
+    with torch.inference_mode():
+        for start in progress_bar(starts, show=show, desc=desc, unit="batch"):
+            sl = slice(start, start + cfg.batch_size)
+            c = tuple(v[sl] for v in cond)
+            x = torch.stack(
+                [
+                    torch.randn(3, size, size, generator=torch.Generator().manual_seed(int(s)))
+                    for s in seeds[sl]
+                ]
+            )
+            for t in scheduler.timesteps:
+                tt = torch.full((len(x),), int(t))
+                if guided:
+                    pair = tuple(torch.cat([u.expand_as(v), v]) for u, v in zip(uncond, c))
+                    both = unet(torch.cat([x, x]), torch.cat([tt, tt]), pair)
+                    e_u, e_c = both.chunk(2)
+                    eps = e_u + cfg.guidance_scale * (e_c - e_u)
+                else:
+                    eps = unet(x, tt, c)
+                x = scheduler.step(eps, t, x, eta=cfg.eta).prev_sample
+            out.append(_to_uint8(x, output_size))
+    return np.concatenate(out) if out else np.zeros((0, output_size, output_size, 3), dtype=np.uint8)
 
 
 def mean_brightness_ok(image: np.ndarray) -> bool:
@@ -548,10 +607,13 @@ __all__ = [
     "PseudoTargetGenerator",
     "SamplingConfig",
     "TinyComposedGenerator",
+    "build_unet",
     "composed_conditions",
+    "ddim_sample",
     "empty_condition",
     "generate_with_retries",
     "mean_brightness_ok",
     "seeds_for",
+    "train_diffusion",
     "train_generator",
 ]

@@ -8,6 +8,7 @@ checks of :mod:`cirlib.generation.pipelines` and the inputs of CIG's generator
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +175,118 @@ def resolve_generator_files(
     return GeneratorFiles(kind=kind, pipeline=pipeline, unet=unet_dir, vae=vae_dir, phis=tuple(resolved))
 
 
+# --------------------------------------------------------------------------- IP-CIR
+#: What the IP-CIR generator folder should hold.
+GLIGEN_UPSTREAM = (
+    "a text-box GLIGEN pipeline (diffusers StableDiffusionGLIGENPipeline, SD 1.4 with gated layers), "
+    "e.g. masterful/gligen-1-4-generation-text-box"
+)
+
+
+class MissingIPCIRFilesError(MissingGeneratorFilesError):
+    """One or more of IP-CIR's model folders (captioner, language model, layout generator) are
+    missing or incomplete; the message lists every one. A :class:`MissingGeneratorFilesError` (so a
+    :class:`LocalModelNotFoundError` too), titled for IP-CIR."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        listed = "\n".join(f"  {i}. {p}" for i, p in enumerate(self.problems, 1))
+        # skip MissingGeneratorFilesError's own title ("CIG generator: ...")
+        super(MissingGeneratorFilesError, self).__init__(
+            f"IP-CIR components: {len(self.problems)} missing input(s):\n{listed}"
+        )
+
+
+def gligen_problem(path: str | Path) -> str | None:
+    """What is wrong with ``path`` as a text-box GLIGEN pipeline folder (``model_index.json`` and a
+    UNet whose ``unet/config.json`` says ``attention_type: "gated"``), as a phrase to follow the path
+    in a message; None if nothing is. A plain Stable Diffusion folder would load as a GLIGEN pipeline
+    and fail only when sampling (its UNet has no gated layers and no box encoder), hence the UNet
+    check."""
+    problem = folder_problem(path, required=("model_index.json", "unet/config.json"))
+    if problem is not None:
+        return problem
+    config_path = Path(path).expanduser() / "unet" / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        return f"has an unreadable unet/config.json ({err})"
+    attention_type = config.get("attention_type", "default") if isinstance(config, dict) else None
+    if attention_type == "gated":
+        return None
+    if attention_type == "gated-text-image":
+        return (
+            "holds the text-image GLIGEN (unet/config.json has attention_type 'gated-text-image'), which "
+            "grounds boxes on images too; IP-CIR's generator is the text-box one (attention_type 'gated')"
+        )
+    return (
+        f"has a UNet without GLIGEN's gated layers (unet/config.json has attention_type {attention_type!r}, "
+        "not 'gated'), so it is not a text-box GLIGEN pipeline"
+    )
+
+
+def gligen_dir(path: str | Path) -> Path:
+    """``path`` as a text-box GLIGEN pipeline folder (:func:`gligen_problem`), else
+    :class:`LocalModelNotFoundError` naming the path and :data:`GLIGEN_UPSTREAM`."""
+    problem = gligen_problem(path)
+    if problem is not None:
+        raise LocalModelNotFoundError(
+            f"GLIGEN pipeline folder: {str(path)!r} {problem}; it should hold {GLIGEN_UPSTREAM}, {LOCAL_ONLY}"
+        )
+    return Path(path).expanduser()
+
+
+@dataclass(frozen=True)
+class IPCIRFiles:
+    """IP-CIR's three local model folders, checked."""
+
+    captioner: Path
+    llm: Path
+    generator: Path
+
+
+def resolve_ipcir_files(captioner: str | Path, llm: str | Path, generator: str | Path) -> IPCIRFiles:
+    """Check IP-CIR's three folders without loading anything: the BLIP-2 captioner and the language
+    model (``config.json`` and a tokenizer file, as :func:`load_captioner` / :func:`load_llm` check)
+    and the text-box GLIGEN pipeline (:func:`gligen_problem`). Raises :class:`MissingIPCIRFilesError`
+    (a :class:`MissingGeneratorFilesError`) listing every problem, each with the path, what should be
+    there and where it comes from. Imports neither torch, diffusers nor transformers."""
+    problems: list[str] = []
+
+    def check(fn: Any, *args: Any, **kwargs: Any) -> Path | None:
+        try:
+            return fn(*args, **kwargs)
+        except LocalModelNotFoundError as err:
+            problems.append(str(err).strip('"'))
+            return None
+
+    captioner_dir = check(
+        local_dir,
+        captioner,
+        "BLIP-2 captioner folder",
+        CAPTIONER_UPSTREAM,
+        required=("config.json",),
+        any_of=TOKENIZER_FILES,
+    )
+    llm_dir = check(
+        local_dir,
+        llm,
+        "language model folder",
+        LLM_UPSTREAM,
+        required=("config.json",),
+        any_of=TOKENIZER_FILES,
+    )
+    generator_dir = check(gligen_dir, generator)
+    if problems:
+        raise MissingIPCIRFilesError(problems)
+    assert captioner_dir is not None and llm_dir is not None and generator_dir is not None
+    return IPCIRFiles(captioner=captioner_dir, llm=llm_dir, generator=generator_dir)
+
+
 __all__ = [
     "CAPTIONER_UPSTREAM",
     "CIG_PHIS",
+    "GLIGEN_UPSTREAM",
     "LLM_UPSTREAM",
     "LOCAL_ONLY",
     "SD_UPSTREAM",
@@ -184,10 +294,15 @@ __all__ = [
     "UNET_UPSTREAM",
     "VAE_UPSTREAM",
     "GeneratorFiles",
+    "IPCIRFiles",
     "LocalModelNotFoundError",
     "MissingGeneratorFilesError",
+    "MissingIPCIRFilesError",
     "folder_problem",
+    "gligen_dir",
+    "gligen_problem",
     "local_dir",
     "resolve_generator_files",
+    "resolve_ipcir_files",
     "unet_folder",
 ]

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +41,9 @@ PIC2WORD_NAME = "tiny-phi-pic2word"
 SEARLE_NAME = "tiny-phi-searle"
 GENERATOR_NAME = "tiny-cig-generator"
 PREDICIR_NAME = "tiny-predicir"
+CAPTIONER_NAME = "tiny-ipcir-captioner"
+PLANNER_NAME = "tiny-ipcir-planner"
+LAYOUT_GENERATOR_NAME = "tiny-ipcir-generator"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,56 @@ class PrediCIRRecipe:
     arch: PrediCIRArch = field(default_factory=PrediCIRArch)
 
 
+def _captioner_train_config(**overrides):
+    from cirlib.models.captioner import CaptionerTrainConfig
+
+    return CaptionerTrainConfig(**overrides)
+
+
+def _planner_train_config(**overrides):
+    from cirlib.models.planner import PlannerTrainConfig
+
+    return PlannerTrainConfig(**overrides)
+
+
+@dataclass(frozen=True)
+class CaptionerRecipe:
+    """IP-CIR's captioner, the BLIP-2 stand-in (:mod:`cirlib.models.captioner`): world images the
+    CLIP never saw, with dense captions (image-caption pairs only)."""
+
+    n_pairs: int = 20_000
+    data_seed: int = 5
+    seed: int = 0
+    train: Any = field(default_factory=_captioner_train_config)
+
+
+@dataclass(frozen=True)
+class PlannerRecipe:
+    """IP-CIR's planner, the LLM stand-in (:mod:`cirlib.models.planner`): text only, examples written
+    from the world's edit language (its own seeds, never a benchmark query)."""
+
+    data_seed: int = 6
+    seed: int = 0
+    train: Any = field(default_factory=_planner_train_config)
+
+
+@dataclass(frozen=True)
+class LayoutGeneratorRecipe:
+    """IP-CIR's layout-controlled generator (:mod:`cirlib.generation.grounded`): CIG's text-to-image
+    UNet fine-tuned on grounded captions (world images with their objects' phrases and boxes)."""
+
+    n_pairs: int = 20_000
+    data_seed: int = 7
+    seed: int = 0
+    base: str = GENERATOR_NAME
+    layout_channels: int = 8
+    train: Any = field(
+        default_factory=lambda: _generator_train_config(
+            steps=800, batch_size=64, lr=5e-4, warmup_steps=50, checkpoint_every=100
+        )
+    )
+
+
 #: The crop-size sweep (fraction of the image area a source view keeps), by name.
 PREDICIR_CROPS: dict[str, CropConfig] = {
     "small": CropConfig(0.1, 0.25),
@@ -120,6 +173,9 @@ PIC2WORD_RECIPE = Pic2WordRecipe()
 SEARLE_RECIPE = SearleRecipe()
 GENERATOR_RECIPE = GeneratorRecipe()
 PREDICIR_RECIPE = PrediCIRRecipe()
+CAPTIONER_RECIPE = CaptionerRecipe()
+PLANNER_RECIPE = PlannerRecipe()
+LAYOUT_GENERATOR_RECIPE = LayoutGeneratorRecipe()
 
 #: ``CIRLIB_RECIPES=micro`` swaps in recipes that train in seconds (pipeline checks and tests that
 #: must not depend on committed checkpoints). Their checkpoints have other config hashes, so they
@@ -141,6 +197,17 @@ if MICRO:
     )
     PREDICIR_RECIPE = PrediCIRRecipe(
         n_pairs=128, train=PrediCIRTrainConfig(steps=3, batch_size=32, warmup_steps=1, checkpoint_every=2)
+    )
+    CAPTIONER_RECIPE = CaptionerRecipe(
+        n_pairs=128, train=_captioner_train_config(steps=3, batch_size=32, warmup_steps=1, checkpoint_every=2)
+    )
+    PLANNER_RECIPE = PlannerRecipe(
+        train=_planner_train_config(
+            steps=3, batch_size=32, warmup_steps=1, checkpoint_every=2, n_examples=256
+        )
+    )
+    LAYOUT_GENERATOR_RECIPE = LayoutGeneratorRecipe(
+        n_pairs=128, train=_generator_train_config(steps=3, batch_size=16, warmup_steps=1, checkpoint_every=2)
     )
 elif os.environ.get("CIRLIB_RECIPES") not in (None, "", "default"):
     raise ValueError(f"CIRLIB_RECIPES must be 'default' or 'micro', not {os.environ['CIRLIB_RECIPES']!r}")
@@ -232,6 +299,74 @@ def train_tiny_predicir(
         resume_dir=_resume_dir(name),
         progress=progress,
     )
+
+
+IPCIR_NAMES = (CAPTIONER_NAME, PLANNER_NAME, LAYOUT_GENERATOR_NAME)
+
+
+def ipcir_recipe(name: str) -> CaptionerRecipe | PlannerRecipe | LayoutGeneratorRecipe:
+    """The recipe of an IP-CIR component, by checkpoint name."""
+    recipes = {
+        CAPTIONER_NAME: CAPTIONER_RECIPE,
+        PLANNER_NAME: PLANNER_RECIPE,
+        LAYOUT_GENERATOR_NAME: LAYOUT_GENERATOR_RECIPE,
+    }
+    if name not in recipes:
+        raise KeyError(f"{name!r} is not an IP-CIR component; known: {', '.join(IPCIR_NAMES)}")
+    return recipes[name]
+
+
+def ipcir_config(name: str, clip: CLIPModel | None, root: Path | None = None) -> dict:
+    """The registry config of an IP-CIR component (the generator's includes its base UNet's digest)."""
+    from cirlib.retrieval import content_digest
+
+    if name == CAPTIONER_NAME:
+        return _recipe_config(CAPTIONER_RECIPE, clip)
+    if name == PLANNER_NAME:
+        return _recipe_config(PLANNER_RECIPE, None)  # text only: no CLIP
+    if name == LAYOUT_GENERATOR_NAME:
+        base = load_tiny(LAYOUT_GENERATOR_RECIPE.base, root=root)
+        digest = content_digest({k: v.numpy() for k, v in base.state_dict().items()})
+        return {**_recipe_config(LAYOUT_GENERATOR_RECIPE, clip), "base_digest": digest}
+    raise KeyError(f"{name!r} is not an IP-CIR component; known: {', '.join(IPCIR_NAMES)}")
+
+
+def train_tiny_ipcir(
+    name: str, clip: CLIPModel, progress: bool = True, root: Path | None = None
+) -> torch.nn.Module:
+    """Train one IP-CIR component (resumable): the captioner on image-caption pairs, the planner on
+    text, the layout generator on grounded captions."""
+    if name == CAPTIONER_NAME:
+        from cirlib.models.captioner import captioning_pairs, train_captioner
+
+        r = CAPTIONER_RECIPE
+        images, captions, _ = captioning_pairs(r.n_pairs, r.data_seed)
+        return train_captioner(
+            clip, images, captions, r.train, r.seed, resume_dir=_resume_dir(name), progress=progress
+        )
+    if name == PLANNER_NAME:
+        from cirlib.models.planner import planning_examples, train_planner
+
+        p = PLANNER_RECIPE
+        examples = planning_examples(p.train.n_examples, p.data_seed)
+        return train_planner(examples, p.train, p.seed, resume_dir=_resume_dir(name), progress=progress)
+    if name == LAYOUT_GENERATOR_NAME:
+        from cirlib.generation.grounded import scene_plans, train_grounded_generator
+
+        g = LAYOUT_GENERATOR_RECIPE
+        data = pretraining_pairs(g.n_pairs, g.data_seed)
+        return train_grounded_generator(
+            clip,
+            load_tiny(g.base, root=root),  # type: ignore[arg-type]
+            data.images,
+            scene_plans(data.scenes),
+            g.train,
+            g.seed,
+            layout_channels=g.layout_channels,
+            resume_dir=_resume_dir(name),
+            progress=progress,
+        )
+    raise KeyError(f"{name!r} is not an IP-CIR component; known: {', '.join(IPCIR_NAMES)}")
 
 
 def generator_snapshot_name(step: int) -> str:
@@ -369,8 +504,16 @@ def _load_tiny(name: str, root: Path | None, progress: bool) -> CLIPModel | Phi 
         recipe = predicir_recipes()[name]
         config, seed = _recipe_config(recipe, clip), recipe.seed
         train = lambda: train_tiny_predicir(clip, recipe, name, progress=progress)  # noqa: E731
+    elif name in IPCIR_NAMES:
+        clip = load_tiny(CLIP_NAME, root=root, progress=progress)
+        assert isinstance(clip, CLIPModel)
+        config = ipcir_config(name, clip, root)
+        seed = ipcir_recipe(name).seed
+        train = lambda: train_tiny_ipcir(name, clip, progress=progress, root=root)  # noqa: E731
     else:
-        known = ", ".join([CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, *generator_names(), *predicir_recipes()])
+        known = ", ".join(
+            [CLIP_NAME, PIC2WORD_NAME, SEARLE_NAME, *generator_names(), *predicir_recipes(), *IPCIR_NAMES]
+        )
         raise KeyError(f"unknown tiny model {name!r}; known: {known}")
     with torch.random.fork_rng():
         return zoo.load_or_train(

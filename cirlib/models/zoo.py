@@ -48,7 +48,9 @@ Model = CLIPModel | Phi | torch.nn.Module
 #: arguments and a ``clip_hash``; named by path so the zoo need not import the methods layer.
 MODULE_KINDS: dict[str, tuple[str, str]] = {
     "combiner": ("cirlib.methods.supervised", "Combiner"),
+    "decoder": ("cirlib.models.decoders", "TextDecoder"),
     "generator": ("cirlib.generation.composed", "GeneratorUNet"),
+    "grounded-generator": ("cirlib.generation.grounded", "GroundedUNet"),
     "predicir": ("cirlib.models.predicir", "PrediCIRNet"),
 }
 

@@ -214,3 +214,20 @@ def realise_reference(key: str, obj: Obj, rng: np.random.Generator) -> str:
         "shape side": f"the {shape} on the {side}",
         "cell": f"the {pick(rng, ('one', 'shape', 'object'))} {cell_phrase(obj.cell, rng)}",
     }[key]
+
+
+def canonical_object_phrase(obj: Obj) -> str:
+    """'large red circle': size, colour and shape in their first (canonical) words."""
+    return f"{SIZE_WORDS[obj.size][0]} {COLOR_WORDS[obj.color][0]} {SHAPE_WORDS[obj.shape][0]}"
+
+
+def dense_caption(scene: Scene) -> str:
+    """A complete caption in canonical words and reading order (top-left to bottom-right), the
+    dense, COCO-style description a captioner is trained to write: "a large red circle in the top
+    left corner and a small blue star in the center on a striped background"."""
+    parts = [
+        f"{article(canonical_object_phrase(o))} in the {CELL_NAMES[o.cell][0]}"
+        for o in sorted(scene.objects, key=lambda o: o.cell)
+    ]
+    objects = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"{objects} on a {BACKGROUND_WORDS[scene.background][0]} background"

@@ -145,3 +145,11 @@ def render_many(
     ):
         out[i] = render(scene, image_size, int(seed))
     return out
+
+
+def object_box(obj: Obj) -> tuple[float, float, float, float]:
+    """The box ``(x0, y0, x1, y1)`` in [0, 1] (y down) that :func:`render` draws ``obj`` in, without
+    jitter: the grounding box a layout-to-image generator is trained with."""
+    cell = 1.0 / GRID
+    cx, cy, r = (obj.col + 0.5) * cell, (obj.row + 0.5) * cell, SIZE_RADIUS[obj.size] * cell
+    return (round(cx - r, 4), round(cy - r, 4), round(cx + r, 4), round(cy + r, 4))
