@@ -216,7 +216,18 @@ def test_cli_eval_lists_methods(capsys):
     assert "SUPERVISED" in out
     assert main(["eval", "--list-methods", "--profile", "paper"]) == 0
     paper = {line.split("\t")[0] for line in capsys.readouterr().out.splitlines()}
-    assert paper == {"image", "text", "sum", "pic2word", "searle", "lincir", "cig", "predicir"}
+    assert paper == {
+        "image",
+        "text",
+        "sum",
+        "pic2word",
+        "searle",
+        "lincir",
+        "cig",
+        "predicir",
+        "planned-text",
+        "ipcir",
+    }
 
 
 def test_cli_eval_errors_are_one_line(capsys, tmp_path):

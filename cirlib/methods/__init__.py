@@ -270,7 +270,8 @@ def _planning_chain(profile: str, planner: str, captioner, llm, options: dict):
 
     if captioner is None or llm is None:
         raise ValueError(
-            "the paper profile needs --captioner (a BLIP-2 folder) and --llm (a causal LM folder)"
+            "the paper profile needs captioner= (a BLIP-2 folder) and llm= (a causal LM folder) "
+            "options of build_method (cirlib eval has no flags for them yet)"
         )
     device, dtype = options.get("device", "cpu"), _TORCH_DTYPES[options.get("precision", "fp32")]
     return PlanningChain(
@@ -361,7 +362,7 @@ def _ipcir(
     else:
         if layout_generator is None:
             raise ValueError(
-                "IP-CIR in the paper profile needs --layout-generator: a local GLIGEN pipeline folder"
+                "IP-CIR in the paper profile needs layout_generator=: a local GLIGEN pipeline folder"
             )
         from cirlib.generation.paper_ipcir import GligenLayoutGenerator
 
