@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cirlib.models.tiny import predicir_recipes
+from cirlib.models.tiny import IPCIR_NAMES, predicir_recipes
 
 
 @pytest.mark.slow
@@ -31,6 +31,7 @@ def test_cirlib_train_writes_a_verified_registry(tmp_path):
         "tiny-combiner-supervised",
         "tiny-cig-generator",
         *predicir_recipes(),
+        *IPCIR_NAMES,
     }
     registry = json.loads((root / "registry.json").read_text())
     assert "tiny-cig-generator-step00002" in registry  # the micro recipe's snapshot
