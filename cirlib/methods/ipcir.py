@@ -153,8 +153,13 @@ class PlanningChain:
     def signature(self) -> dict[str, Any]:
         return {"captioner": self.captioner.signature, "planner": self.planner.signature}
 
-    def captions(self, method: Method, queries: Sequence[Query], gallery: Gallery) -> list[str]:
-        digests = method.reference_digests(queries, gallery)
+    def captions(
+        self, method: Method, queries: Sequence[Query], gallery: Gallery, digests: Sequence[str] | None = None
+    ) -> list[str]:
+        """One caption per query's reference (``digests``: the references' content digests, when the
+        caller already has them)."""
+        if digests is None:
+            digests = method.reference_digests(queries, gallery)
         key = {"captioner": self.captioner.signature, "references": content_digest(digests)}
 
         def compute() -> np.ndarray:
@@ -166,6 +171,7 @@ class PlanningChain:
         return [str(c) for c in self.cache.get_or_compute("captions", key, compute)]
 
     def outputs(self, method: Method, queries: Sequence[Query], gallery: Gallery) -> PlanOutputs:
+        digests = method.reference_digests(queries, gallery)
         memo_key = content_digest(
             [
                 self.signature,
@@ -175,7 +181,7 @@ class PlanningChain:
         )
         if memo_key in self._memo:
             return self._memo[memo_key]
-        captions = self.captions(method, queries, gallery)
+        captions = self.captions(method, queries, gallery, digests)
         texts = [modification_text(q) for q in queries]
         key = {"planner": self.planner.signature, "inputs": content_digest([captions, texts])}
         raw = (
