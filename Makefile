@@ -4,6 +4,7 @@
 #   make reproduce  run every notebook with papermill on the tiny profile -> figures/, data/results/
 #   make test       run the whole pytest suite
 #   make bench      run the performance scripts in benchmarks/
+#   make workshop   write the exercise versions of the notebooks (solutions emptied) to workshop/
 #   make lint       ruff check + ruff format --check
 #
 # `venv` is idempotent: it leaves a stamp keyed on the hash of pyproject.toml inside .venv, so a
@@ -27,12 +28,13 @@ STAMP := $(VENV)/.cirlib-installed-$(PYPROJECT_HASH)
 PYTEST_ARGS ?=
 REPRODUCE_ARGS ?=
 
-.PHONY: help venv reproduce test bench lint
+.PHONY: help venv reproduce test bench lint workshop
 
 help:
 	@echo "make reproduce   run all notebooks (tiny profile) -> figures/ and data/results/"
 	@echo "make test        run the test suite (PYTEST_ARGS=... to pass options)"
 	@echo "make bench       run benchmarks/*.py"
+	@echo "make workshop    write the exercise versions of the notebooks to workshop/"
 	@echo "make lint        ruff check and ruff format --check"
 	@echo "make venv        create .venv and install the pinned dependencies (the other targets run it first)"
 
@@ -62,6 +64,9 @@ bench: venv
 	@shopt -s nullglob; scripts=(benchmarks/*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmarks in benchmarks/"; exit 0; fi; \
 	for script in "$${scripts[@]}"; do echo "== $$script"; $(PY) "$$script"; done
+
+workshop: venv
+	$(PY) -m cirlib.workshop
 
 lint: venv
 	$(VENV)/bin/ruff check .
