@@ -247,6 +247,69 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
         help="where the reference sits in the target canvas: center (default; the regions around it are "
         "predicted, as a training crop) or full (every region predicted)",
     )
+    planning = parser.add_argument_group(
+        "methods planned-text and ipcir (IP-CIR)",
+        "caption the reference, let a planner write the target's description and layout; planned-text "
+        "retrieves by that description, ipcir adds proxy images drawn from the layout to a base method. "
+        "Options not given keep the method's defaults; ipcir's layout generator samples with its own "
+        "settings (paper: 50 steps, guidance 7.5; --generation-steps and --guidance are cig's).",
+    )
+    planning.add_argument(
+        "--captioner",
+        type=Path,
+        metavar="DIR",
+        help="paper profile, required: local BLIP-2 folder (model and processor), e.g. "
+        "Salesforce/blip2-opt-2.7b saved with huggingface-cli download --local-dir",
+    )
+    planning.add_argument(
+        "--llm",
+        type=Path,
+        metavar="DIR",
+        help="paper profile, required: local instruction-tuned causal LM folder with its tokenizer, the "
+        "planner, e.g. Qwen/Qwen1.5-32B-Chat (IP-CIR's)",
+    )
+    planning.add_argument(
+        "--layout-generator",
+        type=Path,
+        metavar="DIR",
+        help="ipcir, paper profile, required: local diffusers text-box GLIGEN pipeline folder, e.g. "
+        "masterful/gligen-1-4-generation-text-box",
+    )
+    planning.add_argument(
+        "--planner",
+        choices=("tiny", "oracle"),
+        help="tiny profile only: the planner trained on the world (tiny, default) or oracle, the "
+        "rule-based planner ablation (the paper profile plans with --llm)",
+    )
+    planning.add_argument(
+        "--ipcir-base",
+        choices=("planned-text", "pic2word", "searle", "lincir", "cig", "predicir", "text", "sum"),
+        metavar="NAME",
+        help="ipcir: the base method whose score it extends: planned-text (default; CIReVL/LDRE-style, as "
+        "the paper builds on LDRE), pic2word, searle, lincir (paper profile), cig or predicir (tiny "
+        "profile), text or sum",
+    )
+    planning.add_argument(
+        "--lam",
+        type=float,
+        metavar="FLOAT",
+        help="ipcir: weight in [0, 1] of the base score (default 0.3, the official code's; the paper's best: "
+        "0.3 CIRCO, 0.0 CIRR, 0.8 FashionIQ); 1: the base alone, nothing generated",
+    )
+    planning.add_argument(
+        "--n-proxies", type=int, metavar="INT", help="ipcir: proxy images per query (default 5)"
+    )
+    planning.add_argument(
+        "--proxy-feature",
+        choices=("raw", "robust"),
+        help="ipcir: the proxies' mean feature (raw: PI) or the robust proxy feature (robust: PI+RP, default)",
+    )
+    planning.add_argument(
+        "--combine",
+        choices=("balanced", "weighted"),
+        help="ipcir: balanced score lam*S_t + (1-lam)*S_t*S_p (BM, default) or weighted "
+        "lam*S_t + (1-lam)*S_p",
+    )
 
 
 @command(
@@ -265,8 +328,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise CLIError("--benchmark and --method are required (or use --list-methods)")
     from cirlib.run import METHOD_OPTIONS, EvalConfig, RunError, check_method_options, check_paths
 
-    # the method options given (the rest keep EvalConfig's defaults)
-    given = [k for options in METHOD_OPTIONS.values() for k in options if getattr(args, k) is not None]
+    # the method options given (the rest keep EvalConfig's defaults); an option may belong to two methods
+    fields = dict.fromkeys(k for options in METHOD_OPTIONS.values() for k in options)
+    given = [k for k in fields if getattr(args, k) is not None]
     cfg = EvalConfig(
         **{
             k: getattr(args, k)
@@ -292,6 +356,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         )
     from cirlib.data.annotations import AnnotationError
     from cirlib.data.real import DataLayoutError, DataNotFoundError, MissingImagesError
+    from cirlib.generation.files import LocalModelNotFoundError
     from cirlib.models.clip import ImageFileError
     from cirlib.models.released import ReleasedWeightsError
     from cirlib.run import run_eval
@@ -303,6 +368,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         DataLayoutError,
         DataNotFoundError,
         ImageFileError,
+        LocalModelNotFoundError,  # a model folder (e.g. IP-CIR's MissingIPCIRFilesError)
         MissingImagesError,
         ReleasedWeightsError,
         RunError,
@@ -411,7 +477,9 @@ def _run_search(args: argparse.Namespace) -> int:
             raise CLIError(
                 f"{', '.join(paper_only)}: for --profile paper; the tiny profile uses its committed checkpoints"
             )
-    given = [k for options in METHOD_OPTIONS.values() for k in options if getattr(args, k) is not None]
+    # search has cig's and predicir's options only (planned-text and ipcir keep their defaults)
+    fields = dict.fromkeys(k for options in METHOD_OPTIONS.values() for k in options)
+    given = [k for k in fields if getattr(args, k, None) is not None]
     # benchmark=None: no benchmark's prompt or fusion weight applies to a folder of your own images
     cfg = EvalConfig(
         benchmark=None,  # type: ignore[arg-type]

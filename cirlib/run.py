@@ -30,7 +30,10 @@ from typing import Any
 # torch-free: these paths are checked before torch is imported
 from cirlib.config import file_sha256
 from cirlib.generation.files import (
+    CAPTIONER_UPSTREAM,
     CIG_PHIS,
+    GLIGEN_UPSTREAM,
+    LLM_UPSTREAM,
     LOCAL_ONLY,
     SD_UPSTREAM,
     UNET_UPSTREAM,
@@ -75,8 +78,47 @@ PREDICIR_BOXES = ("center", "full")
 #: The zoo kind a paper-profile ``--predicir-checkpoint`` file must carry in its safetensors metadata.
 PREDICIR_KIND = "predicir"
 
-#: Method -> the options only it takes (giving one to another method is an error naming it).
-METHOD_OPTIONS: dict[str, dict[str, str]] = {"cig": CIG_OPTIONS, "predicir": PREDICIR_OPTIONS}
+#: Options of the methods ``planned-text`` and ``ipcir``, which share the captioner and planner:
+#: EvalConfig field -> command-line option. Their EvalConfig defaults are None and only the options
+#: given reach build_method (:data:`PLANNING_KEYWORDS` renames a field), so the factories' defaults
+#: (``cirlib.methods._planned_text`` / ``_ipcir``) are the only ones.
+PLANNED_TEXT_OPTIONS: dict[str, str] = {
+    "planner": "--planner",
+    "captioner": "--captioner",
+    "llm": "--llm",
+}
+IPCIR_OPTIONS: dict[str, str] = {
+    **PLANNED_TEXT_OPTIONS,
+    "layout_generator": "--layout-generator",
+    "ipcir_base": "--ipcir-base",
+    "lam": "--lam",
+    "n_proxies": "--n-proxies",
+    "proxy_feature": "--proxy-feature",
+    "combine": "--combine",
+}
+#: Of those, the paper profile's model folders (the tiny profile's are trained on the world; its
+#: ``--planner`` choice is the tiny profile's only, the paper profile plans with ``--llm``).
+PLANNING_PAPER_OPTIONS = ("captioner", "llm", "layout_generator")
+#: EvalConfig field -> build_method keyword, where they differ.
+PLANNING_KEYWORDS: dict[str, str] = {"ipcir_base": "base"}
+#: Torch-free copies of ``cirlib.methods.PLANNERS`` / ``IPCIR_BASES`` and
+#: ``cirlib.methods.ipcir.PROXY_FEATURES`` / ``COMBINES`` (a test keeps them equal).
+PLANNERS = ("tiny", "oracle")
+IPCIR_BASES = ("planned-text", "pic2word", "searle", "lincir", "cig", "predicir", "text", "sum")
+PROXY_FEATURES = ("raw", "robust")
+COMBINES = ("weighted", "balanced")
+#: IP-CIR bases cirlib eval cannot build per profile: LinCIR has no tiny phi; a paper-profile cig or
+#: predicir needs its own generator or checkpoint, which are not passed to an IP-CIR base.
+IPCIR_BASES_NOT_IN = {"tiny": ("lincir",), "paper": ("cig", "predicir")}
+
+#: Method -> the options only it takes (giving one to another method is an error naming it); an
+#: option may belong to more than one method (planned-text's belong to ipcir too).
+METHOD_OPTIONS: dict[str, dict[str, str]] = {
+    "cig": CIG_OPTIONS,
+    "predicir": PREDICIR_OPTIONS,
+    "planned-text": PLANNED_TEXT_OPTIONS,
+    "ipcir": IPCIR_OPTIONS,
+}
 _ALL_OPTIONS: dict[str, str] = {k: v for options in METHOD_OPTIONS.values() for k, v in options.items()}
 
 
@@ -117,6 +159,17 @@ class EvalConfig:
     # method predicir only (PREDICIR_OPTIONS)
     predicir_checkpoint: Path | str | None = None  # tiny: a checkpoint name; paper: a FILE (required)
     predicir_box: str = "center"  # where the reference sits in the target canvas (PREDICIR_BOXES)
+    # methods planned-text and ipcir (IPCIR_OPTIONS; planned-text takes the first three); None: the
+    # method's own default (run.json records the values that ran)
+    planner: str | None = None  # tiny: "tiny" (the trained planner) or "oracle" (rule-based ablation)
+    captioner: Path | None = None  # paper: a BLIP-2 folder (required)
+    llm: Path | None = None  # paper: an instruction causal LM folder, the planner (required)
+    layout_generator: Path | None = None  # ipcir, paper: a text-box GLIGEN pipeline folder (required)
+    ipcir_base: str | None = None  # ipcir: the base method (IPCIR_BASES; default planned-text)
+    lam: float | None = None  # ipcir: weight of the base score (default 0.3)
+    n_proxies: int | None = None  # ipcir: proxy images per query (default 5)
+    proxy_feature: str | None = None  # ipcir: "raw" (PI) or "robust" (PI+RP, default)
+    combine: str | None = None  # ipcir: "weighted" or "balanced" (BM, default)
 
     def resolved_backbone(self) -> str | None:
         if self.profile == "tiny":
@@ -160,25 +213,33 @@ def _options(names: Any) -> str:
     return ", ".join(_ALL_OPTIONS[n] for n in _ALL_OPTIONS if n in set(names))
 
 
+def _owners(name: str) -> tuple[str, ...]:
+    return tuple(method for method, options in METHOD_OPTIONS.items() if name in options)
+
+
 def check_method_options(cfg: EvalConfig, given: Any = None) -> None:
-    """Check the options only one method takes (:data:`METHOD_OPTIONS`: cig's, predicir's): giving
-    one to another method is an error naming it; for the method itself their values, and which
-    profile each belongs to. ``given``: the option fields the user gave (the CLI knows); default:
-    those differing from their defaults. Raises :class:`RunError`; imports nothing."""
+    """Check the options only some methods take (:data:`METHOD_OPTIONS`: cig's, predicir's,
+    planned-text's and ipcir's): giving one to another method is an error naming it; for the method
+    itself their values, and which profile each belongs to. ``given``: the option fields the user
+    gave (the CLI knows); default: those differing from their defaults. Raises :class:`RunError`;
+    imports nothing."""
     given = (
         set(given) if given is not None else {k for k, v in _OPTION_DEFAULTS.items() if getattr(cfg, k) != v}
     )
-    for owner, options in METHOD_OPTIONS.items():
-        theirs = given & set(options)
-        if owner != cfg.method and theirs:
-            verb = "is an option" if len(theirs) == 1 else "are options"
-            raise RunError(
-                f"{_options(theirs)} {verb} of --method {owner} only, not of --method {cfg.method}"
-            )
+    foreign = given - set(METHOD_OPTIONS.get(cfg.method, ()))
+    if foreign:  # the first one's methods, with every other foreign option of the same methods
+        owners = _owners(next(n for n in _ALL_OPTIONS if n in foreign))
+        theirs = {n for n in foreign if _owners(n) == owners}
+        verb = "is an option" if len(theirs) == 1 else "are options"
+        raise RunError(
+            f"{_options(theirs)} {verb} of --method {' or '.join(owners)} only, not of --method {cfg.method}"
+        )
     if cfg.method == "cig":
         _check_cig_options(cfg, given)
     elif cfg.method == "predicir":
         _check_predicir_options(cfg)
+    elif cfg.method in ("planned-text", "ipcir"):
+        _check_planning_options(cfg)
 
 
 def _check_cig_options(cfg: EvalConfig, given: set[str]) -> None:
@@ -223,6 +284,82 @@ def _check_predicir_options(cfg: EvalConfig) -> None:
 
         how = PREDICIR_HOW.format(backbone=cfg.backbone or DEFAULT_BACKBONE)
         raise RunError(f"--method predicir --profile paper needs --predicir-checkpoint FILE: {how}")
+
+
+def _check_planning_options(cfg: EvalConfig) -> None:
+    """planned-text's and ipcir's options: values, profiles, and the paper profile's folders given."""
+    options = METHOD_OPTIONS[cfg.method]
+    if cfg.planner is not None and cfg.planner not in PLANNERS:
+        raise RunError(f"--planner must be one of {', '.join(PLANNERS)}, not {cfg.planner!r}")
+    if cfg.method == "ipcir":
+        _check_ipcir_values(cfg)
+    if cfg.profile != "paper":
+        paper_only = [n for n in PLANNING_PAPER_OPTIONS if n in options and getattr(cfg, n) is not None]
+        if paper_only:
+            verb = "is" if len(paper_only) == 1 else "are"
+            raise RunError(
+                f"{_options(paper_only)} {verb} for the paper profile's models; the tiny profile's "
+                "captioner, planner and layout generator are trained on the world"
+            )
+        return
+    if cfg.planner is not None:
+        raise RunError(
+            "--planner is for the tiny profile (tiny: the planner trained on the world; oracle: the "
+            "rule-based planner ablation); the paper profile plans with the language model of --llm"
+        )
+    what = {"captioner": CAPTIONER_UPSTREAM, "llm": LLM_UPSTREAM, "layout_generator": GLIGEN_UPSTREAM}
+    missing = [n for n in PLANNING_PAPER_OPTIONS if n in options and getattr(cfg, n) is None]
+    if missing:
+        needed = "; ".join(f"{options[n]} DIR: {what[n]}" for n in missing)
+        raise RunError(f"--method {cfg.method} --profile paper needs {needed}; each {LOCAL_ONLY}")
+
+
+def _check_ipcir_values(cfg: EvalConfig) -> None:
+    base = cfg.ipcir_base
+    if base is not None:
+        if base not in IPCIR_BASES:
+            raise RunError(f"--ipcir-base must be one of {', '.join(IPCIR_BASES)}, not {base!r}")
+        if base in IPCIR_BASES_NOT_IN.get(cfg.profile, ()):
+            usable = [b for b in IPCIR_BASES if b not in IPCIR_BASES_NOT_IN.get(cfg.profile, ())]
+            flag = "--generator" if base == "cig" else "--predicir-checkpoint"
+            why = (
+                "LinCIR has no tiny-profile phi"
+                if cfg.profile == "tiny"
+                else f"{base}'s {flag} is not passed to an IP-CIR base"
+            )
+            raise RunError(
+                f"--ipcir-base {base} is not available in the {cfg.profile} profile ({why}); "
+                f"use one of {', '.join(usable)}"
+            )
+    lam = cfg.lam
+    if lam is not None and not (isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0):
+        raise RunError(f"--lam must be a number in [0, 1] (the base score's weight), not {lam}")
+    n = cfg.n_proxies
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise RunError(f"--n-proxies must be a whole number >= 1, not {n}")
+    for name, allowed in (("proxy_feature", PROXY_FEATURES), ("combine", COMBINES)):
+        value = getattr(cfg, name)
+        if value is not None and value not in allowed:
+            raise RunError(f"{IPCIR_OPTIONS[name]} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def check_planning_folders(cfg: EvalConfig) -> dict[str, str]:
+    """The paper-profile model folders of planned-text (captioner, language model) and ipcir (also
+    the GLIGEN pipeline), checked without importing torch by
+    :func:`cirlib.generation.files.resolve_ipcir_files`: one :class:`RunError` carrying its
+    ``MissingIPCIRFilesError`` message, which lists every missing folder. Returns role -> path."""
+    from cirlib.generation.files import MissingIPCIRFilesError, resolve_ipcir_files
+
+    assert cfg.captioner is not None and cfg.llm is not None  # check_method_options requires them
+    generator = cfg.layout_generator if cfg.method == "ipcir" else None
+    try:
+        files = resolve_ipcir_files(cfg.captioner, cfg.llm, generator)
+    except MissingIPCIRFilesError as err:
+        raise RunError(str(err)) from None
+    found = {"captioner": str(files.captioner), "llm": str(files.llm)}
+    if files.generator is not None:
+        found["layout_generator"] = str(files.generator)
+    return found
 
 
 def safetensors_metadata(path: Path) -> dict[str, str] | None:
@@ -349,6 +486,8 @@ def check_model_files(cfg: EvalConfig) -> dict[str, Any]:
 def _check_generative_files(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.method == "cig":
         return {"generator_files": check_generator_paths(cfg)}
+    if cfg.method in ("planned-text", "ipcir"):
+        return {"generator_files": check_planning_folders(cfg)}
     if cfg.method == "predicir":
         return {"predicir_weights": check_predicir_checkpoint(cfg)}
     return {}
@@ -360,11 +499,13 @@ def _check_weight_files(cfg: EvalConfig) -> dict[str, Any]:
     phi_methods = (*RELEASED_PHI_METHODS, *RETRIEVAL_PHI_OF)
     if cfg.phi and cfg.method not in phi_methods:
         raise RunError(f"--phi is for the methods {', '.join(phi_methods)}, not {cfg.method}")
+    # ipcir over a released-phi base loads that base's own release for the backbone
+    method = cfg.ipcir_base if cfg.method == "ipcir" and cfg.ipcir_base in phi_methods else cfg.method
     try:
-        if cfg.method in phi_methods:
+        if method in phi_methods:
             from cirlib.models.released import resolve_phi_weights, select_released
 
-            owner = RETRIEVAL_PHI_OF.get(cfg.method, cfg.method)
+            owner = RETRIEVAL_PHI_OF.get(method, method)
             spec = select_released(owner, cfg.resolved_backbone(), cfg.phi)
             return {
                 "phi_weights": resolve_phi_weights(spec, cfg.weights),
@@ -455,6 +596,14 @@ def build(cfg: EvalConfig):
     if cfg.method == "cig":
         # the split too: the official fusion weight is per benchmark split
         options.update({k: getattr(cfg, k) for k in CIG_OPTIONS}, form=cfg.benchmark, split=cfg.split)
+    if cfg.method in ("planned-text", "ipcir"):  # only the options given: the factory has the defaults
+        options.update(
+            {
+                PLANNING_KEYWORDS.get(k, k): getattr(cfg, k)
+                for k in METHOD_OPTIONS[cfg.method]
+                if getattr(cfg, k) is not None
+            }
+        )
     if cfg.method == "predicir":
         return _build_predicir(cfg, options)
     method = build_method(cfg.method, cfg.profile, **options)
@@ -526,13 +675,18 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             "caption_join": method.caption_join,
             "caption_strip": method.caption_strip,
             "device": cfg.resolved_device(),
+            **_planning_config(cfg, method),
         },
         "benchmark": {"name": benchmark.name, "form": benchmark.form, "split": benchmark.split},
         "layout": benchmark.meta.get("layout"),
         "missing_images": report.summary() if report is not None else None,
         "weights": {k: str(v) for k, v in found.items() if k.endswith("weights")},
         "generator_files": found.get("generator_files"),
-        "model": {"clip": method.clip.name, "clip_hash": method.clip.hash, **_method_model(cfg, found)},
+        "model": {
+            "clip": method.clip.name,
+            "clip_hash": method.clip.hash,
+            **_method_model(cfg, found, method),
+        },
         "timings_s": {
             "load_benchmark": t_loaded - t_start,
             "build_method": t_built - t_loaded,
@@ -560,9 +714,39 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     return record
 
 
-def _method_model(cfg: EvalConfig, found: dict[str, Any]) -> dict[str, Any]:
+def _planning_config(cfg: EvalConfig, method) -> dict[str, Any]:
+    """planned-text's and ipcir's options as they ran (the factory's defaults in place of the
+    options not given), so that run.json's "config" reproduces the run even if a default changes."""
+    if cfg.method not in ("planned-text", "ipcir"):
+        return {}
+    out: dict[str, Any] = {}
+    if cfg.profile == "tiny":
+        import inspect
+
+        from cirlib.methods import METHODS
+
+        factory_default = inspect.signature(METHODS[cfg.method]).parameters["planner"].default
+        out["planner"] = cfg.planner or factory_default
+    if cfg.method == "ipcir":
+        out.update(
+            ipcir_base=method.base.name,
+            lam=method.lam,
+            n_proxies=method.n_proxies,
+            proxy_feature=method.proxy_feature,
+            combine=method.combine,
+        )
+    return out
+
+
+def _method_model(cfg: EvalConfig, found: dict[str, Any], method=None) -> dict[str, Any]:
     """What a run.json's "model" records beyond the CLIP: PrediCIR's checkpoint (tiny: its name;
-    paper: the file and its sha256, since a user-trained file may be retrained in place) and box."""
+    paper: the file and its sha256, since a user-trained file may be retrained in place) and box;
+    planned-text's and ipcir's captioner and planner signatures (and ipcir's layout generator's)."""
+    if cfg.method in ("planned-text", "ipcir") and method is not None:
+        model = {"planning": method.chain.signature}
+        if cfg.method == "ipcir":
+            model["layout_generator"] = method.generator.signature
+        return {cfg.method: model}
     if cfg.method != "predicir":
         return {}
     if cfg.profile == "paper":

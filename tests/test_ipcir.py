@@ -236,3 +236,11 @@ def test_paper_profile_lists_every_missing_folder_before_loading(tmp_path) -> No
         assert name in message
     with pytest.raises(ValueError, match="base must be one of"):
         build_method("ipcir", "tiny", base="magiclens")
+
+
+def test_base_options_reach_the_base_method() -> None:
+    from cirlib.methods import build_method
+
+    method = build_method("ipcir", "tiny", base="predicir", base_options={"box": "full"}, n_proxies=1)
+    assert method.base.box == "full"
+    assert build_method("ipcir", "tiny", base="predicir", n_proxies=1).base.box == "center"  # the factory's

@@ -329,3 +329,173 @@ def test_load_ipcir_components_checks_every_folder_first(dirs, tmp_path: Path) -
     assert (
         str(tmp_path / "llm") in err.value.problems[0] and str(tmp_path / "gligen") in err.value.problems[1]
     )
+
+
+# --------------------------------------------------------------------------- cirlib eval's options
+def _cli_in_subprocess(args: list[str]) -> tuple[int, str, bool]:
+    """Run `cirlib <args>` in a fresh interpreter; return (status, stderr, torch imported?)."""
+    code = (
+        "import sys; from cirlib.cli import main; rc = main(sys.argv[1:]); "
+        "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', file=sys.stderr); sys.exit(rc)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=REPO, env=env
+    )
+    lines = out.stderr.strip().splitlines()
+    return out.returncode, "\n".join(lines[:-1]), lines[-1] == "TORCH"
+
+
+def test_cli_tiny_profile_runs_ipcir_and_planned_text_and_records_the_options(tmp_path, capsys) -> None:
+    from cirlib.cli import main
+
+    base = ["eval", "--benchmark", "cirr", "--n-queries", "8"]
+    args = [*base, "--method", "ipcir", "--n-proxies", "1", "--lam", "0.5", "--out", str(tmp_path / "ipcir")]
+    assert main(args) == 0
+    assert "recall@1" in json.loads(capsys.readouterr().out)
+    record = ipcir = json.loads((tmp_path / "ipcir" / "run.json").read_text())
+    assert record["n_queries"] == 8 and (tmp_path / "ipcir" / "rankings.json").is_file()
+    config = record["config"]
+    assert (config["lam"], config["n_proxies"]) == (0.5, 1)
+    # the options not given are recorded as they ran: the factory's defaults
+    assert (config["ipcir_base"], config["proxy_feature"], config["combine"]) == (
+        "planned-text",
+        "robust",
+        "balanced",
+    )
+    assert config["planner"] == "tiny" and config["captioner"] is None
+    assert set(record["model"]["ipcir"]) == {"planning", "layout_generator"}
+
+    args = [*base, "--method", "planned-text", "--planner", "oracle", "--out", str(tmp_path / "text")]
+    assert main(args) == 0
+    assert "recall@1" in json.loads(capsys.readouterr().out)
+    record = json.loads((tmp_path / "text" / "run.json").read_text())
+    assert record["config"]["planner"] == "oracle" and record["config"]["lam"] is None
+    oracle = record["model"]["planned-text"]["planning"]["planner"]
+    assert oracle != ipcir["model"]["ipcir"]["planning"]["planner"]  # the rule-based planner ran
+
+
+def test_cli_paper_profile_lists_every_missing_folder_before_torch_is_imported(tmp_path: Path) -> None:
+    base = ["eval", "--profile", "paper", "--benchmark", "circo", "--data", str(tmp_path / "CIRCO")]
+    folders = {name: tmp_path / name for name in ("blip2", "qwen", "gligen")}
+    rc, err, torch_imported = _cli_in_subprocess(
+        [*base, "--method", "ipcir", "--captioner", str(folders["blip2"]), "--llm", str(folders["qwen"]),
+         "--layout-generator", str(folders["gligen"]), "--lam", "0.3"]
+    )  # fmt: skip
+    assert rc == 2 and not torch_imported and err.count("\n") == 0
+    assert err.startswith("cirlib eval: error: IP-CIR components: 3 missing input(s)")
+    for what, name in (("BLIP-2 captioner folder", "blip2"), ("language model folder", "qwen"),
+                       ("GLIGEN pipeline folder", "gligen")):  # fmt: skip
+        assert f"{what}: '{folders[name]}' does not exist" in err
+    assert "not a hub id" in err
+    # planned-text draws nothing: the captioner and the language model only
+    rc, err, torch_imported = _cli_in_subprocess(
+        [*base, "--method", "planned-text", "--captioner", str(folders["blip2"]), "--llm", str(folders["qwen"])]
+    )  # fmt: skip
+    assert rc == 2 and not torch_imported and "IP-CIR components: 2 missing input(s)" in err
+    assert str(folders["blip2"]) in err and str(folders["qwen"]) in err and "GLIGEN" not in err
+    # folders not given at all: which options, and what belongs in each
+    rc, err, torch_imported = _cli_in_subprocess([*base, "--method", "ipcir", "--llm", str(folders["qwen"])])
+    assert rc == 2 and not torch_imported and err.count("\n") == 0
+    assert "--method ipcir --profile paper needs --captioner DIR: a BLIP-2" in err
+    assert "--layout-generator DIR: a text-box GLIGEN pipeline" in err and "--llm DIR" not in err
+
+
+def test_cli_refuses_planning_options_of_another_method_or_profile(capsys) -> None:
+    from cirlib.cli import main
+
+    def error(*args: str) -> str:
+        assert main(["eval", "--benchmark", "cirr", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("cirlib eval: error: ")
+        return err.removeprefix("cirlib eval: error: ")
+
+    assert (
+        error("--method", "sum", "--lam", "0.5")
+        == "--lam is an option of --method ipcir only, not of --method sum"
+    )
+    assert error("--method", "cig", "--planner", "oracle") == (
+        "--planner is an option of --method planned-text or ipcir only, not of --method cig"
+    )
+    assert error("--method", "planned-text", "--n-proxies", "2", "--combine", "weighted") == (
+        "--n-proxies, --combine are options of --method ipcir only, not of --method planned-text"
+    )
+    assert error("--method", "ipcir", "--fusion-weight", "0.5", "--generation-steps", "2") == (
+        "--fusion-weight, --generation-steps are options of --method cig only, not of --method ipcir"
+    )
+    assert error("--method", "ipcir", "--captioner", "blip2").startswith(
+        "--captioner is for the paper profile's models"
+    )
+    paper = ["--profile", "paper", "--captioner", "a", "--llm", "b"]
+    assert error("--method", "planned-text", *paper, "--planner", "oracle").startswith(
+        "--planner is for the tiny profile"
+    )
+    assert "--ipcir-base lincir is not available in the tiny profile" in error(
+        "--method", "ipcir", "--ipcir-base", "lincir"
+    )
+    assert "--ipcir-base cig is not available in the paper profile" in error(
+        "--method", "ipcir", *paper, "--layout-generator", "c", "--ipcir-base", "cig"
+    )
+    assert error("--method", "ipcir", "--lam", "1.5").startswith("--lam must be a number in [0, 1]")
+    assert error("--method", "ipcir", "--n-proxies", "0") == "--n-proxies must be a whole number >= 1, not 0"
+    assert main(["eval", "--benchmark", "cirr", "--method", "ipcir", "--combine", "mean"]) == 2
+    assert "invalid choice: 'mean'" in capsys.readouterr().err  # argparse's choices
+
+
+def test_only_the_planning_options_given_reach_build_method(monkeypatch, tmp_path: Path) -> None:
+    import cirlib.methods
+    from cirlib.run import EvalConfig, build, check_method_options
+
+    seen: dict[str, dict] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_build_method(name: str, profile: str, **options):
+        seen[name] = options
+        raise Stop
+
+    monkeypatch.setattr(cirlib.methods, "build_method", fake_build_method)
+    with pytest.raises(Stop):
+        build(EvalConfig(benchmark="cirr", method="ipcir", lam=0.0, ipcir_base="searle"))
+    assert seen["ipcir"] == {"lam": 0.0, "base": "searle"}  # the rest: the factory's defaults
+    with pytest.raises(Stop):
+        build(EvalConfig(benchmark="cirr", method="planned-text", planner="oracle"))
+    assert seen["planned-text"] == {"planner": "oracle"}
+    paper = EvalConfig(
+        benchmark="circo", method="ipcir", profile="paper", device="cpu", captioner=tmp_path / "b",
+        llm=tmp_path / "l", layout_generator=tmp_path / "g", n_proxies=2, proxy_feature="raw", combine="weighted",
+    )  # fmt: skip
+    check_method_options(paper)
+    with pytest.raises(Stop):
+        build(paper)
+    options = seen["ipcir"]
+    assert {k: options[k] for k in ("captioner", "llm", "layout_generator")} == {
+        "captioner": tmp_path / "b",
+        "llm": tmp_path / "l",
+        "layout_generator": tmp_path / "g",
+    }
+    assert (options["n_proxies"], options["proxy_feature"], options["combine"]) == (2, "raw", "weighted")
+    assert "lam" not in options and "planner" not in options and options["form"] == "circo"
+
+
+def test_the_torch_free_option_lists_match_the_methods() -> None:
+    import cirlib.methods
+    import cirlib.methods.ipcir
+    import cirlib.run
+    from cirlib.cli import build_parser
+
+    assert cirlib.run.PLANNERS == cirlib.methods.PLANNERS
+    assert cirlib.run.IPCIR_BASES == cirlib.methods.IPCIR_BASES
+    assert cirlib.run.PROXY_FEATURES == cirlib.methods.ipcir.PROXY_FEATURES
+    assert cirlib.run.COMBINES == cirlib.methods.ipcir.COMBINES
+    for profile, excluded in cirlib.run.IPCIR_BASES_NOT_IN.items():
+        usable = {b for b in cirlib.run.IPCIR_BASES if b not in excluded} - {"planned-text"}
+        assert usable <= set(cirlib.methods.list_methods(profile)), profile
+    assert "lincir" not in cirlib.methods.list_methods("tiny")
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]  # type: ignore[union-attr]
+    choices = {a.dest: a.choices for a in eval_parser._actions if a.choices}
+    assert tuple(choices["ipcir_base"]) == cirlib.methods.IPCIR_BASES
+    assert tuple(choices["planner"]) == cirlib.methods.PLANNERS
+    assert set(choices["proxy_feature"]) == set(cirlib.methods.ipcir.PROXY_FEATURES)
+    assert set(choices["combine"]) == set(cirlib.methods.ipcir.COMBINES)

@@ -148,7 +148,12 @@ def _ddpm(spec: GeneratorArch):
 
 def _to_unit_range(images: np.ndarray, size: int) -> torch.Tensor:
     """uint8 ``[N,H,W,3]`` -> float ``[N,3,size,size]`` in [-1, 1] (antialiased downsampling)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    x = (
+        torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        .permute(0, 3, 1, 2)
+        .div_(127.5)
+        .sub_(1.0)
+    )
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x

@@ -238,19 +238,22 @@ def gligen_dir(path: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class IPCIRFiles:
-    """IP-CIR's three local model folders, checked."""
+    """IP-CIR's three local model folders, checked (``generator`` None for the planned-text method,
+    which draws nothing)."""
 
     captioner: Path
     llm: Path
-    generator: Path
+    generator: Path | None
 
 
-def resolve_ipcir_files(captioner: str | Path, llm: str | Path, generator: str | Path) -> IPCIRFiles:
+def resolve_ipcir_files(captioner: str | Path, llm: str | Path, generator: str | Path | None) -> IPCIRFiles:
     """Check IP-CIR's three folders without loading anything: the BLIP-2 captioner and the language
     model (``config.json`` and a tokenizer file, as :func:`load_captioner` / :func:`load_llm` check)
-    and the text-box GLIGEN pipeline (:func:`gligen_problem`). Raises :class:`MissingIPCIRFilesError`
-    (a :class:`MissingGeneratorFilesError`) listing every problem, each with the path, what should be
-    there and where it comes from. Imports neither torch, diffusers nor transformers."""
+    and the text-box GLIGEN pipeline (:func:`gligen_problem`; ``generator=None`` skips it: the
+    planned-text method needs the captioner and the language model only). Raises
+    :class:`MissingIPCIRFilesError` (a :class:`MissingGeneratorFilesError`) listing every problem,
+    each with the path, what should be there and where it comes from. Imports neither torch,
+    diffusers nor transformers."""
     problems: list[str] = []
 
     def check(fn: Any, *args: Any, **kwargs: Any) -> Path | None:
@@ -276,10 +279,10 @@ def resolve_ipcir_files(captioner: str | Path, llm: str | Path, generator: str |
         required=("config.json",),
         any_of=TOKENIZER_FILES,
     )
-    generator_dir = check(gligen_dir, generator)
+    generator_dir = None if generator is None else check(gligen_dir, generator)
     if problems:
         raise MissingIPCIRFilesError(problems)
-    assert captioner_dir is not None and llm_dir is not None and generator_dir is not None
+    assert captioner_dir is not None and llm_dir is not None
     return IPCIRFiles(captioner=captioner_dir, llm=llm_dir, generator=generator_dir)
 
 

@@ -305,7 +305,7 @@ def layout_fidelity(images: np.ndarray, plans: Sequence[Plan], clip: CLIPModel) 
     box. Also the description's CLIP score against the whole image."""
     from cirlib.models.predicir import crop_tensor  # region crops of the PrediCIR module
 
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
     inside, elsewhere, texts = [], [], []
     for i, plan in enumerate(plans):
         for o in plan.objects:

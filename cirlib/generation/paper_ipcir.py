@@ -536,6 +536,7 @@ def load_ipcir_components(
     (:func:`resolve_ipcir_files`): all problems raise one :class:`MissingIPCIRFilesError` before
     anything is loaded. ``*_options`` go to the constructors (e.g. ``{"steps": 25}``)."""
     files: IPCIRFiles = resolve_ipcir_files(captioner, llm, generator)
+    assert files.generator is not None  # a generator folder was given, so it was checked
     return (
         Blip2Captioner(files.captioner, device=device, dtype=dtype, **(captioner_options or {})),
         LLMPlanner(files.llm, device=device, dtype=dtype, **(planner_options or {})),

@@ -7,6 +7,7 @@ weights from local files (see :mod:`cirlib.models.paper`), failing at once when 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -270,8 +271,8 @@ def _planning_chain(profile: str, planner: str, captioner, llm, options: dict):
 
     if captioner is None or llm is None:
         raise ValueError(
-            "the paper profile needs captioner= (a BLIP-2 folder) and llm= (a causal LM folder) "
-            "options of build_method (cirlib eval has no flags for them yet)"
+            "the paper profile needs captioner= (a BLIP-2 folder) and llm= (a causal LM folder): "
+            "cirlib eval's --captioner DIR and --llm DIR"
         )
     device, dtype = options.get("device", "cpu"), _TORCH_DTYPES[options.get("precision", "fp32")]
     return PlanningChain(
@@ -327,10 +328,12 @@ def _ipcir(
     negatives: str = "clamp",
     generation_steps: int | None = None,
     guidance: float | None = None,
+    base_options: dict[str, Any] | None = None,
     **options,
 ) -> Method:
     """IP-CIR over a base method (``base``: :data:`IPCIR_BASES`; the CIReVL/LDRE-style planned-text
-    base by default, as the paper builds on LDRE). Tiny: the captioner, planner (or ``planner="oracle"``)
+    base by default, as the paper builds on LDRE), built with ``base_options`` (e.g. ``{"box": "full"}``
+    for ``predicir``) on top of the shared ``options``. Tiny: the captioner, planner (or ``planner="oracle"``)
     and layout generator trained here. Paper: BLIP-2 (``captioner``), an LLM (``llm``) and a GLIGEN
     pipeline (``layout_generator``) from local folders. ``lam`` defaults to the official code's 0.3
     (ViT-G); the paper's best values differ per benchmark (0.3 CIRCO, 0.0 CIRR, 0.8 FashionIQ)."""
@@ -347,7 +350,9 @@ def _ipcir(
     base_method = (
         PlannedText(clip, chain)
         if base == "planned-text"
-        else build_method(base, profile, backbone=backbone, weights=weights, **options)
+        else build_method(
+            base, profile, backbone=backbone, weights=weights, **{**options, **(base_options or {})}
+        )
     )
     if profile == "tiny":
         from cirlib.generation.composed import SamplingConfig
@@ -362,7 +367,8 @@ def _ipcir(
     else:
         if layout_generator is None:
             raise ValueError(
-                "IP-CIR in the paper profile needs layout_generator=: a local GLIGEN pipeline folder"
+                "IP-CIR in the paper profile needs layout_generator=: a local GLIGEN pipeline folder "
+                "(cirlib eval's --layout-generator DIR)"
             )
         from cirlib.generation.paper_ipcir import GligenLayoutGenerator
 

@@ -91,7 +91,7 @@ class Method(ABC):
         key_base = {"model": self.clip.hash, **self.clip.compute_signature}
         if gallery.images is not None:
             images = gallery.images
-            key = {**key_base, "images": content_digest(images)}
+            key = {**key_base, "images": gallery.pixel_digest()}
             array = self.cache.get_or_compute(
                 "image-features", key, lambda: self.clip.encode_images(images, normalize=False).numpy()
             )

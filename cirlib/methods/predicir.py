@@ -149,7 +149,7 @@ class PrediCIR(Method):
             "model": self.clip.hash,
             **self.clip.compute_signature,
             "grid": grid,
-            "images": content_digest(images),
+            "images": gallery.pixel_digest(),
         }
 
         def compute() -> np.ndarray:

@@ -641,7 +641,7 @@ def images_to_tensor(images: np.ndarray, image_size: int) -> torch.Tensor:
     """uint8 ``[N,H,W,3]`` -> CLIP-normalised float ``[N,3,S,S]`` (the tiny profile's preprocessing,
     shared by training and inference; no PIL round trip)."""
     _check_uint8_batch(images)
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).div_(255.0)
     if x.shape[-2:] != (image_size, image_size):
         x = F.interpolate(
             x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False

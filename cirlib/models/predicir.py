@@ -139,7 +139,7 @@ def crop_tensor(x: torch.Tensor, boxes: np.ndarray | torch.Tensor, grid: int) ->
 
 def crop_views(images: np.ndarray, boxes: np.ndarray, grid: int) -> np.ndarray:
     """Source views as uint8 pictures ``[n, S, S, 3]`` (for figures; training crops tensors directly)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
     out = crop_tensor(x, boxes, grid)
     return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
