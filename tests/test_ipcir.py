@@ -217,6 +217,11 @@ def test_captions_and_plans_are_cached_on_disk(clip, bench, tmp_path) -> None:
     outputs = chain.outputs(text, qs, gallery)
     assert outputs.plans[2].description == "not a plan"  # an invalid answer: its first field as text
     assert outputs.validity == pytest.approx(8 / 12)
+    # a cost measurement's cold cache reaches the chain too: captioning runs again
+    from cirlib.evaluation import query_cost
+
+    query_cost(text, qs, gallery, tmp_path / "cold")
+    assert captioner.calls == 2 and text.chain.cache is text.cache
 
 
 def test_paper_profile_lists_every_missing_folder_before_loading(tmp_path) -> None:

@@ -233,6 +233,12 @@ class PlannedText(Method):
         if name is not None:
             self.name = name  # type: ignore[misc]
 
+    def use_cache(self, cache: EmbeddingCache) -> None:
+        """Put this method and its captions and plans on ``cache`` and forget what the chain memoised
+        (cost measurements with cold query caches, :func:`cirlib.evaluation.query_cost`)."""
+        self.cache = self.chain.cache = cache
+        self.chain._memo.clear()
+
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         plans = self.chain.outputs(self, queries, gallery).plans
         return _encode_texts(self.clip, [p.description for p in plans])
