@@ -187,6 +187,18 @@ def test_scores_follow_the_formulas(clip, bench, tmp_path) -> None:
     )
 
 
+def test_drawings_of_plans_are_cached(clip, bench, tmp_path) -> None:
+    method = _ipcir(clip, bench, tmp_path, n_proxies=1)
+    gallery = bench.galleries["all"]
+    plans = method.plan_outputs(bench.queries[:3], gallery).plans
+    references = list(gallery.pixels([q.reference for q in bench.queries[:3]]))
+    first = method.draw(plans, references)
+    made = method.generator.generated
+    assert made == 3 and np.array_equal(method.draw(plans, references), first)
+    assert method.generator.generated == made  # the second call reads the cache
+    assert np.array_equal(first, method.generator.generate(plans, references, [0, 0, 0]))
+
+
 def test_options_share_the_generated_proxies(clip, bench, tmp_path) -> None:
     method = _ipcir(clip, bench, tmp_path, n_proxies=3)
     qs, gallery = bench.queries, bench.galleries["all"]

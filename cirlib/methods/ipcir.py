@@ -357,6 +357,23 @@ class IPCIR(Method):
         )
         return flat.reshape(len(queries), len(seeds), *flat.shape[1:])
 
+    def draw(self, plans: Sequence[Plan], references: Sequence[np.ndarray], seed: int = 0) -> np.ndarray:
+        """The generator's image of each plan (noise ``seed``), cached on disk by the generator's
+        signature, the plans, the references and the seed: for diagnostics that draw plans which are
+        not queries' (e.g. :func:`cirlib.generation.grounded.layout_fidelity`). Unlike :meth:`proxies`,
+        no brightness retries: the generator's raw output."""
+        key = {
+            "generator": self.generator.signature,
+            "plans": [format_plan(p) for p in plans],
+            "references": content_digest(np.stack(references)) if len(references) else "",
+            "seed": seed,
+        }
+        return self.cache.get_or_compute(
+            "layout-drawings",
+            key,
+            lambda: self.generator.generate(plans, list(references), [seed] * len(plans)),
+        )
+
     def _views(self, queries: Sequence[Query], gallery: Gallery) -> dict[str, Any]:
         """The option-independent parts of a query batch, memoised and shared by copies: the base's
         ``S_t``, ``f_q``, ``f_t``, ``f_o`` and the per-proxy image features."""
