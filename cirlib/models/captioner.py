@@ -52,6 +52,7 @@ from cirlib.models.clip import (
     STATE_FILE,
     CLIPModel,
     EpochSampler,
+    _check_uint8_batch,
     _param_groups,
     save_training_state,
     torch_threads,
@@ -184,8 +185,7 @@ def image_prefix(
 
 def _check_images(images: Any) -> np.ndarray:
     array = np.asarray(images)
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images [N,H,W,3], got dtype {array.dtype} shape {array.shape}")
+    _check_uint8_batch(array)  # the CLIP wrapper's check: uint8 [N,H,W,3]
     return array
 
 
