@@ -35,6 +35,23 @@ CHECKPOINTS_DIR = DATA_DIR / "checkpoints"
 FIGURES_DIR = REPO_ROOT / "figures"
 
 
+def results_dir() -> Path:
+    """Where notebooks write and read result tables: ``data/results/``, or ``CIRLIB_RESULTS``
+    (``python -m cirlib.reproduce --output-dir`` points it away from the committed tables)."""
+    return Path(os.environ.get("CIRLIB_RESULTS", RESULTS_DIR))
+
+
+def figures_dir() -> Path:
+    """Where figures are saved: ``figures/``, or ``CIRLIB_FIGURES`` (smoke runs and ``--output-dir``)."""
+    return Path(os.environ.get("CIRLIB_FIGURES", FIGURES_DIR))
+
+
+def shown_path(path: Path | str) -> str:
+    """``path`` relative to the repository when it lies inside it (what notebooks print), else absolute."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(resolved)
+
+
 def cache_root() -> Path:
     """Root folder of every cache (embeddings, worlds, trained models not committed)."""
     root = Path(os.environ.get("CIRLIB_CACHE", REPO_ROOT / ".cache" / "cirlib"))

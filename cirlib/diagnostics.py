@@ -28,12 +28,32 @@ def _scene_of(benchmark: Benchmark, category: str) -> dict[str, Scene]:
     return dict(zip(gallery.ids, gallery.scenes, strict=True))
 
 
-def top1_outcomes(benchmark: Benchmark, evaluation: Evaluation) -> Counter:
-    """Classify each query's top-1 image: correct, or which half of the query it failed.
+def classify_miss(reference: Scene, target: Scene, got: Scene, background_edited: bool) -> str:
+    """Which half of a query a wrong top-1 image ``got`` failed (one of ``OUTCOMES[1:]``).
 
-    "Applied text" means the top image holds every object the edit created or changed (as in the
-    labelled target) and the edited background; "kept reference" means it holds every reference
-    object the edit left alone, on the reference background unless the edit changed it."""
+    "Applied text" means ``got`` holds every object the edit created or changed (as in the labelled
+    ``target``), none of the objects it removed or changed away, and the edited background; "kept
+    reference" means it holds every reference object the edit left alone, on the reference
+    background unless the edit changed it. The reference image itself, retrieved for a removal,
+    kept the reference and missed the text."""
+    before, after, top = set(reference.objects), set(target.objects), set(got.objects)
+    created, removed, kept = after - before, before - after, before & after
+    applied = (
+        created <= top
+        and not removed & top
+        and (not background_edited or got.background == target.background)
+    )
+    preserved = kept <= top and (background_edited or got.background == reference.background)
+    if preserved and not applied:
+        return "kept reference, missed text"
+    if applied and not preserved:
+        return "applied text, lost reference"
+    return "neither"
+
+
+def top1_outcomes(benchmark: Benchmark, evaluation: Evaluation) -> Counter:
+    """Classify each query's top-1 image: correct (a ground-truth image), or which half of the query
+    it failed (:func:`classify_miss`)."""
     counts: Counter = Counter()
     query_of = {q.qid: q for q in benchmark.queries}
     for category, ranked in evaluation.rankings.items():
@@ -45,18 +65,8 @@ def top1_outcomes(benchmark: Benchmark, evaluation: Evaluation) -> Counter:
             if top in q.ground_truth:
                 counts["correct"] += 1
                 continue
-            reference, target, got = scenes[q.reference], scenes[q.target], scenes[top]
-            kept = set(reference.objects) & set(target.objects)
-            changed = set(target.objects) - set(reference.objects)
-            bg_edited = "background" in q.info.get("kinds", [])
-            applied = changed <= set(got.objects) and (not bg_edited or got.background == target.background)
-            preserved = kept <= set(got.objects) and (bg_edited or got.background == reference.background)
-            if preserved and not applied:
-                counts["kept reference, missed text"] += 1
-            elif applied and not preserved:
-                counts["applied text, lost reference"] += 1
-            else:
-                counts["neither"] += 1
+            background_edited = "background" in q.info.get("kinds", [])
+            counts[classify_miss(scenes[q.reference], scenes[q.target], scenes[top], background_edited)] += 1
     return counts
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from cirlib.config import RESULTS_DIR, atomic_write_bytes, atomic_write_json
+from cirlib.config import atomic_write_bytes, atomic_write_json, results_dir
 
 __all__ = [
     "CI",
@@ -339,10 +339,10 @@ def row_from_per_query(
 
 # ------------------------------------------------------------------------------------ files
 def results_path(notebook: str, root: Path | None = None) -> Path:
-    """``data/results/<notebook>.json`` (or under ``root``)."""
+    """``data/results/<notebook>.json`` (or under ``root``, else ``CIRLIB_RESULTS``: :func:`cirlib.config.results_dir`)."""
     if not isinstance(notebook, str) or not _NAME_RE.match(notebook):
         raise ValueError(f"notebook name {notebook!r} must match {_NAME_RE.pattern} (it names a file)")
-    return (Path(root) if root is not None else RESULTS_DIR) / f"{notebook}.json"
+    return (Path(root) if root is not None else results_dir()) / f"{notebook}.json"
 
 
 def write_results(notebook: str, rows: Iterable[ResultRow], *, root: Path | None = None) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -72,11 +73,29 @@ def _drop_unused_widget_state(path: Path) -> None:
         nbformat.write(nb, path)
 
 
+def redirect_outputs(out_dir: Path) -> None:
+    """Send figures and result tables under ``out_dir`` (``figures/``, ``results/``) unless
+    ``CIRLIB_FIGURES`` / ``CIRLIB_RESULTS`` are set. The results folder starts as a copy of
+    ``data/results/`` so that a notebook reading earlier ones (05) finds them when run alone."""
+    from cirlib.config import RESULTS_DIR
+
+    os.environ.setdefault("CIRLIB_FIGURES", str(out_dir / "figures"))
+    if "CIRLIB_RESULTS" not in os.environ:
+        results = out_dir / "results"
+        if not results.exists():
+            shutil.copytree(RESULTS_DIR, results)
+        os.environ["CIRLIB_RESULTS"] = str(results)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cirlib.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01")
     parser.add_argument("--smoke", action="store_true", help="small parameters, outputs to a scratch folder")
-    parser.add_argument("--output-dir", type=Path, help="write executed notebooks here instead of in place")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="write executed notebooks, figures/ and results/ here; the committed ones stay untouched",
+    )
     args = parser.parse_args(argv)
     parameters = {"PROFILE": "tiny", "SMOKE": bool(args.smoke)}
     # Progress bars inside a notebook become widget outputs; committed notebooks should not carry
@@ -85,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.output_dir or (REPO_ROOT / ".cache" / "smoke-notebooks" if args.smoke else None)
     if args.smoke:  # smoke figures must not overwrite the committed ones
         os.environ.setdefault("CIRLIB_FIGURES", str(REPO_ROOT / ".cache" / "smoke-figures"))
+    if args.output_dir is not None and not args.smoke:  # the committed figures and tables stay as they are
+        redirect_outputs(args.output_dir)
     timings = {}
     for path in notebooks(args.only):
         output = path if out_dir is None else out_dir / path.name

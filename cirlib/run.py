@@ -23,6 +23,7 @@ import logging
 import math
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -518,8 +519,9 @@ def _check_weight_files(cfg: EvalConfig) -> dict[str, Any]:
 
 def check_paths(cfg: EvalConfig) -> dict[str, Any]:
     """Check the method options and every input path of a paper-profile run without importing
-    torch; returns what was found (layout, weight files, generator files). Raises
-    :class:`RunError` with the path or option as given."""
+    torch; returns what was found (layout, weight files, generator files). Raises one
+    :class:`RunError` naming every missing input (generator or checkpoint, data, weights) with the
+    path or option as given, so that a user fixes them in one go."""
     check_method_options(cfg)
     if cfg.profile != "paper":
         for flag in ("data", "images", "weights"):
@@ -530,18 +532,33 @@ def check_paths(cfg: EvalConfig) -> dict[str, Any]:
         return {}
     from cirlib.data.real import DataNotFoundError, resolve_layout
 
+    problems: list[str] = []
+
+    def collect(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return check()
+        except (RunError, DataNotFoundError) as err:
+            problems.append(str(err))
+            return {}
+
+    def data() -> dict[str, Any]:
+        if cfg.data is None:
+            raise RunError(
+                f"the paper profile needs --data DIR: the {cfg.benchmark} dataset folder with its images "
+                "(see README, 'Reproducing on the real benchmarks')"
+            )
+        return {"layout": resolve_layout(cfg.benchmark, _upstream_split(cfg), cfg.data, images=cfg.images)}
+
     # the generator (or PrediCIR's checkpoint) first: the most likely to be missing, and needs no data
-    generative = _check_generative_files(cfg)
-    if cfg.data is None:
+    found = {**collect(lambda: _check_generative_files(cfg)), **collect(data)}
+    found.update(collect(lambda: _check_weight_files(cfg)))
+    if len(problems) == 1:
+        raise RunError(problems[0])
+    if problems:
         raise RunError(
-            f"the paper profile needs --data DIR: the {cfg.benchmark} dataset folder with its images "
-            "(see README, 'Reproducing on the real benchmarks')"
+            f"{len(problems)} problems: " + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
         )
-    try:
-        layout = resolve_layout(cfg.benchmark, _upstream_split(cfg), cfg.data, images=cfg.images)
-    except DataNotFoundError as err:
-        raise RunError(str(err)) from None
-    return {"layout": layout, **generative, **_check_weight_files(cfg)}
+    return found
 
 
 def _upstream_split(cfg: EvalConfig) -> str:

@@ -6,7 +6,6 @@ can keep their committed outputs small.
 
 from __future__ import annotations
 
-import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ matplotlib.use("Agg")  # headless: notebooks display the saved PNGs; tests never
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cirlib.config import FIGURES_DIR  # noqa: E402
+from cirlib.config import figures_dir  # noqa: E402
 from cirlib.data.types import Gallery, Query  # noqa: E402
 
 HIT_COLOR = "#1a9850"
@@ -28,7 +27,7 @@ MISS_COLOR = "#d73027"
 def save_figure(fig: plt.Figure, name: str, folder: Path | None = None, dpi: int = 110) -> Path:
     """Save ``fig`` as ``figures/<name>.png`` (atomically replaced) and close it."""
     if folder is None:  # CIRLIB_FIGURES redirects smoke runs away from the committed figures/
-        folder = Path(os.environ.get("CIRLIB_FIGURES", FIGURES_DIR))
+        folder = figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     tmp = path.with_name(f".{path.name}.tmp.png")

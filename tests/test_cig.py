@@ -307,3 +307,22 @@ def test_cli_eval_runs_cig_with_micro_models(tmp_path):
     registry = json.loads((tmp_path / "models" / "micro" / "registry.json").read_text())
     assert {"tiny-cig-generator", "tiny-cig-generator-step00002"} <= set(registry)
     assert len(list((tmp_path / "embeddings" / "pseudo-targets").glob("*.npy"))) == 8
+
+
+def test_a_warm_rerun_reads_pseudo_target_features_from_disk(clip, phi, bench, tmp_path):
+    """A second CIG on the same cache (a new process, in effect) neither loads nor encodes a
+    pseudo-target, and scores the same; copies made by with_options are of the same class."""
+    qs, gallery = bench.queries, bench.galleries["all"]
+    first = CIG(clip, phi, _Oracle(bench), weight=0.5, cache=EmbeddingCache(tmp_path))
+    expected = first.score(qs, gallery)
+
+    class NoImages(CIG):
+        def pseudo_targets(self, queries, gallery):
+            raise AssertionError("a warm rerun loaded pseudo-target images")
+
+    again = NoImages(clip, phi, _Oracle(bench), weight=0.5, cache=EmbeddingCache(tmp_path))
+    assert np.array_equal(again.score(qs, gallery), expected)
+    assert isinstance(again.with_options(weight=0.3), NoImages)
+    other_seed = again.with_options(base_seed=7)
+    with pytest.raises(AssertionError, match="loaded pseudo-target images"):
+        other_seed.score(qs, gallery)  # other seeds are other images: the key tells them apart

@@ -261,3 +261,22 @@ def test_base_options_reach_the_base_method() -> None:
     method = build_method("ipcir", "tiny", base="predicir", base_options={"box": "full"}, n_proxies=1)
     assert method.base.box == "full"
     assert build_method("ipcir", "tiny", base="predicir", n_proxies=1).base.box == "center"  # the factory's
+
+
+def test_a_warm_rerun_reads_proxy_and_text_features_from_disk(clip, bench, tmp_path, monkeypatch) -> None:
+    """A second IP-CIR on the same cache scores the same without loading a proxy or encoding a text;
+    with_options keeps the class."""
+    qs, gallery = bench.queries, bench.galleries["all"]
+    expected = _ipcir(clip, bench, tmp_path, n_proxies=2).score(qs, gallery)
+
+    class NoProxies(IPCIR):
+        def proxies(self, queries, gallery):
+            raise AssertionError("a warm rerun loaded proxy images")
+
+    first = _ipcir(clip, bench, tmp_path, n_proxies=2)
+    again = NoProxies(first.base, first.chain, first.generator, n_proxies=2)
+    monkeypatch.setattr(type(clip), "encode_texts", lambda *a, **k: pytest.fail("a text was re-encoded"))
+    assert np.array_equal(again.score(qs, gallery), expected)
+    assert isinstance(again.with_options(lam=0.1), NoProxies)
+    with pytest.raises(AssertionError, match="loaded proxy images"):
+        again.with_options(n_proxies=3).score(qs, gallery)  # a third proxy is not on disk yet

@@ -383,7 +383,10 @@ def test_cli_paper_profile_lists_every_missing_folder_before_torch_is_imported(t
          "--layout-generator", str(folders["gligen"]), "--lam", "0.3"]
     )  # fmt: skip
     assert rc == 2 and not torch_imported and err.count("\n") == 0
-    assert err.startswith("cirlib eval: error: IP-CIR components: 3 missing input(s)")
+    # the components, the data folder and the CLIP weights: every missing input in one error
+    assert err.startswith("cirlib eval: error: 3 problems: (1) IP-CIR components: 3 missing input(s)")
+    assert f"(2) {tmp_path / 'CIRCO'}" in err or str(tmp_path / "CIRCO") in err.split("(2)")[1]
+    assert "(3)" in err and "ViT-L-14-openai.safetensors" in err.split("(3)")[1]
     for what, name in (("BLIP-2 captioner folder", "blip2"), ("language model folder", "qwen"),
                        ("GLIGEN pipeline folder", "gligen")):  # fmt: skip
         assert f"{what}: '{folders[name]}' does not exist" in err

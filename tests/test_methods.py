@@ -291,3 +291,12 @@ def test_query_cost_counts_time_and_generated_images(bench, tmp_path):
     cost = query_cost(cig, queries, gallery, tmp_path / "cig")
     assert cost["generated images per query"] >= 2  # two pseudo-targets each (more with filter retries)
     assert cig.pseudo_target_cache.cache.root == tmp_path / "cig"  # the query side ran on a fresh cache
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("pic2word", {"box": "full"}), ("text", {"n_proxies": 2}), ("supervised", {"fusion": "text"})],
+)
+def test_factories_refuse_options_they_would_ignore(name, options):
+    with pytest.raises(TypeError, match=f"method '{name}' has no option '{next(iter(options))}'"):
+        build_method(name, "tiny", **options)

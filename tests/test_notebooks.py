@@ -47,3 +47,22 @@ def test_committed_notebooks_are_small():
         assert path.stat().st_size < 1_500_000, (
             f"{path.name} is {path.stat().st_size} bytes; save figures to figures/"
         )
+
+
+def test_output_dir_leaves_the_committed_figures_and_tables_alone(tmp_path, monkeypatch):
+    """``reproduce --output-dir`` points figures and result tables there; result tables start as a
+    copy of data/results (05 reads 01-04), and tables written then land in the copy."""
+    from cirlib import config, experiments, viz
+    from cirlib.reproduce import redirect_outputs
+
+    monkeypatch.delenv("CIRLIB_FIGURES", raising=False)
+    monkeypatch.delenv("CIRLIB_RESULTS", raising=False)
+    redirect_outputs(tmp_path)
+    assert config.figures_dir() == tmp_path / "figures" and config.results_dir() == tmp_path / "results"
+    committed = sorted(p.name for p in config.RESULTS_DIR.glob("*.json"))
+    assert committed and sorted(p.name for p in (tmp_path / "results").glob("*.json")) == committed
+    assert experiments.results_path("01_cir_primer") == tmp_path / "results" / "01_cir_primer.json"
+    figure = viz.save_figure(viz.plt.figure(), "probe")
+    assert figure.parent == tmp_path / "figures"
+    assert config.shown_path(figure) == str(figure.resolve())
+    assert config.shown_path(config.RESULTS_DIR / "x.json") == "data/results/x.json"

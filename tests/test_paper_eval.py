@@ -239,6 +239,18 @@ def test_missing_weights_fail_fast_naming_the_expected_file(tmp_path, cirr_data)
     assert str(empty / "ViT-L-14-openai.safetensors") in err and "huggingface.co" in err
 
 
+def test_every_missing_input_is_named_at_once(tmp_path):
+    """Data and weights both missing: one error lists both, so one fix-up round is enough."""
+    given, empty = tmp_path / "no-such-cirr", tmp_path / "weights"
+    empty.mkdir()
+    rc, err, torch_imported = _cli_in_subprocess(
+        ["eval", "--profile", "paper", "--benchmark", "cirr", "--method", "sum", "--data", str(given),
+         "--weights", str(empty)]
+    )  # fmt: skip
+    assert rc == 2 and not torch_imported and err.count("\n") == 0
+    assert "2 problems" in err and str(given) in err and "ViT-L-14-openai.safetensors" in err
+
+
 def test_paper_profile_needs_data(tmp_path):
     rc, err, torch_imported = _cli_in_subprocess(
         ["eval", "--profile", "paper", "--benchmark", "circo", "--method", "sum"]

@@ -49,18 +49,36 @@ def _clip(
     return clip.to(device, precision)  # type: ignore[arg-type]
 
 
+#: Options every factory accepts and hands to the CLIP (``form`` only picks released prompts).
+SHARED_OPTIONS: tuple[str, ...] = ("preprocess", "device", "precision", "form")
+
+
+def _check_options(method: str, options: dict[str, Any], extra: tuple[str, ...] = ()) -> None:
+    """Refuse options a factory would otherwise drop without a word (e.g. ``box`` for pic2word).
+    ``extra``: the options it hands on besides the shared ones (``phi`` for a released phi)."""
+    unknown = sorted(set(options) - set(SHARED_OPTIONS) - set(extra))
+    if unknown:
+        raise TypeError(
+            f"method {method!r} has no option {', '.join(map(repr, unknown))}; besides its own keyword "
+            f"arguments it takes {', '.join((*SHARED_OPTIONS, *extra))}"
+        )
+
+
 @register("image", description="reference image alone (modality-redundancy probe)")
 def _image(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    _check_options("image", options)
     return ImageOnly(_clip(profile, backbone, weights, **options))
 
 
 @register("text", description="modification text alone (modality-redundancy probe)")
 def _text(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    _check_options("text", options)
     return TextOnly(_clip(profile, backbone, weights, **options))
 
 
 @register("sum", description="normalize(image + text) late fusion")
 def _sum(profile: str = "tiny", backbone: str | None = None, weights=None, **options) -> Method:
+    _check_options("sum", options)
     return SumFusion(_clip(profile, backbone, weights, **options))
 
 
@@ -105,6 +123,7 @@ def _released(
 
 def _inversion(method: str, tiny_checkpoint: str, profile: str, backbone, weights, options) -> Method:
     """Pic2Word / SEARLE: the phi trained here on the world (tiny) or the released one (paper)."""
+    _check_options(method, options, extra=("phi",))
     if profile == "paper":
         return _released(method, backbone, weights, **options)
     from cirlib.models.tiny import load_tiny
@@ -163,6 +182,7 @@ def _cig(
     official CIRR val value 0.85."""
     from cirlib.methods.cig import CIG, official_fusion_weight
 
+    _check_options("cig", options, extra=("phi",))
     form = options.get("form")
     if fusion_weight is None:
         fusion_weight = official_fusion_weight(form, split) if form and split else 0.85
@@ -231,6 +251,7 @@ def _predicir(
     canvas (``cirlib.models.predicir.INFERENCE_BOXES``)."""
     from cirlib.methods.predicir import PrediCIR
 
+    _check_options("predicir", options)
     if profile == "tiny":
         from cirlib.models.tiny import PREDICIR_NAME, load_tiny
 
@@ -294,6 +315,7 @@ def _planned_text(
     """Training-free text base of IP-CIR (:class:`cirlib.methods.ipcir.PlannedText`)."""
     from cirlib.methods.ipcir import PlannedText
 
+    _check_options("planned-text", options)
     chain = _planning_chain(profile, planner, captioner, llm, options)
     return PlannedText(_clip(profile, backbone, weights, **options), chain)
 
@@ -339,6 +361,7 @@ def _ipcir(
     (ViT-G); the paper's best values differ per benchmark (0.3 CIRCO, 0.0 CIRR, 0.8 FashionIQ)."""
     from cirlib.methods.ipcir import IPCIR, PlannedText
 
+    _check_options("ipcir", options)
     if base not in IPCIR_BASES:
         raise ValueError(f"IP-CIR base must be one of {', '.join(IPCIR_BASES)}, got {base!r}")
     if profile == "paper":  # every missing folder in one error, before anything is loaded
@@ -397,9 +420,10 @@ def _ipcir(
     zero_shot=False,
     description="SUPERVISED Combiner trained on world triplets",
 )
-def _supervised(profile: str = "tiny", **_) -> Method:
+def _supervised(profile: str = "tiny", **options) -> Method:
     from cirlib.methods.supervised import SupervisedCombiner, load_tiny_combiner
 
+    _check_options("supervised", options)
     clip = _clip(profile, None, None)
     return SupervisedCombiner(clip, load_tiny_combiner(clip))
 

@@ -57,6 +57,13 @@ def mean_over_caption_variants(
     return F.normalize(summed, dim=-1)
 
 
+def query_batch_key(queries: Sequence[Query], gallery: Gallery) -> tuple:
+    """An in-memory memo key of a query batch against a gallery (ids, references, texts). A tuple,
+    not a :func:`content_digest`: hashing 1,000 queries' strings in Python costs about 30 ms, and
+    every score of a sweep asks for its batch's memoised parts."""
+    return tuple((q.qid, q.reference, tuple(q.texts)) for q in queries), tuple(gallery.ids)
+
+
 class Method(ABC):
     """A composed-image-retrieval method over one CLIP.
 
@@ -176,6 +183,38 @@ class Method(ABC):
         return [gallery.paths[gallery.index(i)] for i in ids]
 
     # ---------------------------------------------------------------- queries
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised CLIP text embeddings ``[N, D]`` of ``texts``, cached per model, compute
+        signature and the texts themselves: sweeps and notebooks encode the same captions, prompts
+        and plans many times, and tokenising and encoding them cost more than scoring."""
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.clip.embed_dim)
+        key = {"model": self.clip.hash, **self.clip.compute_signature, "texts": content_digest(texts)}
+        array = self.cache.get_or_compute(
+            "text-features", key, lambda: self.clip.encode_texts(texts).float().numpy()
+        )
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+    def pseudo_text_features(self, texts: Sequence[str], pseudo: torch.Tensor) -> torch.Tensor:
+        """:meth:`CLIPModel.encode_texts_with_pseudo`, cached like :meth:`text_features` (the key adds
+        the pseudo-word tokens' values)."""
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.clip.embed_dim)
+        key = {
+            "model": self.clip.hash,
+            **self.clip.compute_signature,
+            "texts": content_digest(texts),
+            "pseudo": content_digest(torch.as_tensor(pseudo, dtype=torch.float32)),
+        }
+        array = self.cache.get_or_compute(
+            "pseudo-text-features",
+            key,
+            lambda: self.clip.encode_texts_with_pseudo(texts, pseudo).float().numpy(),
+        )
+        return torch.from_numpy(np.ascontiguousarray(array))
+
     def encode_captions(self, queries: Sequence[Query], encode) -> torch.Tensor:
         """:func:`mean_over_caption_variants` with this method's caption join and strip settings."""
         return mean_over_caption_variants(queries, encode, self.caption_join, self.caption_strip)

@@ -55,7 +55,7 @@ class TextOnly(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         return self.encode_captions(
-            queries, lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts])
+            queries, lambda texts, _: self.text_features([fill(self.prompt, t) for t in texts])
         )
 
 
@@ -77,7 +77,7 @@ class SumFusion(Method):
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         image = self.reference_features(queries, gallery)
         text = self.encode_captions(
-            queries, lambda texts, _: self.clip.encode_texts([fill(self.prompt, t) for t in texts])
+            queries, lambda texts, _: self.text_features([fill(self.prompt, t) for t in texts])
         )
         return F.normalize(self.image_weight * image + (1 - self.image_weight) * text, dim=-1)
 
@@ -118,6 +118,6 @@ class TextualInversion(Method):
 
         def encode(texts: list[str], owner: torch.Tensor) -> torch.Tensor:
             prompts = [fill(self.prompt, t) for t in texts]
-            return self.clip.encode_texts_with_pseudo(prompts, tokens[owner])
+            return self.pseudo_text_features(prompts, tokens[owner])
 
         return self.encode_captions(queries, encode)

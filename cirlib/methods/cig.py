@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from cirlib.data.types import Gallery, Query
 from cirlib.generation.composed import CIG_SEED, PseudoTargetCache, PseudoTargetGenerator, seeds_for
+from cirlib.methods.base import query_batch_key
 from cirlib.methods.baselines import PIC2WORD_PROMPT, TextualInversion, fill
 from cirlib.models.clip import CLIPModel
 from cirlib.retrieval import EmbeddingCache, content_digest
@@ -88,12 +89,12 @@ class CIG(TextualInversion):
         self.generator = generator
         self.fusion, self.weight, self.n_images, self.base_seed = fusion, weight, n_images, base_seed
         self.pseudo_target_cache = PseudoTargetCache(generator, self.cache)
-        self._views_memo: dict[str, dict[str, torch.Tensor]] = {}
+        self._views_memo: dict[tuple, dict[str, torch.Tensor]] = {}
 
     def with_options(self, **options) -> CIG:
         """A copy with other fusion options (``fusion``, ``weight``, ``n_images``, ``base_seed``, ``name``)
         sharing this one's models and caches: sweeps generate each pseudo-target once."""
-        other = object.__new__(CIG)
+        other = object.__new__(type(self))
         other.__dict__.update(self.__dict__)  # the same models, caches and memos (gallery features too)
         for key, value in options.items():
             if key not in ("fusion", "weight", "n_images", "base_seed", "name"):
@@ -126,13 +127,35 @@ class CIG(TextualInversion):
         """Normalised ``"a photo of $ that {text}"`` embeddings with ``$ = tokens[q]``."""
 
         def encode(texts: list[str], owner: torch.Tensor) -> torch.Tensor:
-            return self.clip.encode_texts_with_pseudo([fill(self.prompt, t) for t in texts], tokens[owner])
+            return self.pseudo_text_features([fill(self.prompt, t) for t in texts], tokens[owner])
 
         return self.encode_captions(queries, encode)
 
-    def _invert(self, images: np.ndarray) -> torch.Tensor:
-        """phi tokens ``[N, W]`` of generated images (normalised or raw features, as phi expects)."""
-        features = self.clip.encode_images(images, normalize=self.phi_input_normalized)
+    def pseudo_target_features(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
+        """Unnormalised CLIP features ``[Q, n_images, D]`` of the pseudo-targets, cached on disk by the
+        model, the generator, the references, the generation texts and the seeds (what decides the
+        images): a warm rerun neither loads nor encodes a pseudo-target."""
+        key = {
+            "model": self.clip.hash,
+            **self.clip.compute_signature,
+            "generator": self.pseudo_target_cache.generator.signature,
+            "references": self.reference_digests(queries, gallery),
+            "texts": self.generation_texts(queries),
+            "seeds": seeds_for(self.n_images, self.base_seed),
+        }
+
+        def compute() -> np.ndarray:
+            images = self.pseudo_targets(queries, gallery)
+            flat = images.reshape(-1, *images.shape[2:])
+            return self.clip.encode_images(flat, normalize=False).view(*images.shape[:2], -1).numpy()
+
+        array = self.cache.get_or_compute("pseudo-target-features", key, compute)
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+    def _invert(self, raw_features: torch.Tensor) -> torch.Tensor:
+        """phi tokens ``[N, W]`` of generated images' raw CLIP features (normalised first if phi
+        expects it)."""
+        features = F.normalize(raw_features, dim=-1) if self.phi_input_normalized else raw_features
         device = next(self.phi.parameters()).device
         with torch.inference_mode():
             return self.phi(features.to(device)).float().cpu()
@@ -142,17 +165,14 @@ class CIG(TextualInversion):
         embedding, and (``generated``) the pseudo-targets' tokens, composed and image embeddings.
         Memoised per query batch and settings, and shared by :meth:`with_options` copies, so that a
         sweep over fusion levels and weights computes each part once."""
-        key = content_digest(
-            [
-                [(q.qid, q.reference, list(q.texts)) for q in queries],
-                gallery.ids,
-                self.n_images,
-                self.base_seed,
-                self.prompt,
-                self.caption_join,
-                self.caption_strip or "",
-                self.generator.signature,
-            ]
+        key = (
+            *query_batch_key(queries, gallery),
+            self.n_images,
+            self.base_seed,
+            self.prompt,
+            self.caption_join,
+            self.caption_strip or "",
+            content_digest(self.generator.signature),
         )
         views = self._views_memo.setdefault(key, {})
         if len(self._views_memo) > 16:  # keep memory bounded in long sessions
@@ -161,10 +181,10 @@ class CIG(TextualInversion):
             views["ref_tokens"] = self.pseudo_tokens(queries, gallery)
             views["f_ref"] = self._composed(queries, views["ref_tokens"])
         if generated and "gen_tokens" not in views:
-            images = self.pseudo_targets(queries, gallery)
-            q, n = images.shape[:2]
-            flat = images.reshape(-1, *images.shape[2:])
-            views["gen_image"] = F.normalize(self.clip.encode_images(flat).view(q, n, -1).mean(1), dim=-1)
+            raw = self.pseudo_target_features(queries, gallery)
+            q, n = raw.shape[:2]
+            flat = raw.reshape(q * n, -1)
+            views["gen_image"] = F.normalize(F.normalize(flat, dim=-1).view(q, n, -1).mean(1), dim=-1)
             views["gen_tokens"] = self._invert(flat).view(q, n, -1)
             views["f_gen"] = F.normalize(
                 sum(self._composed(queries, views["gen_tokens"][:, j]) for j in range(n)) / n, dim=-1

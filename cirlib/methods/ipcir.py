@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from cirlib.data.types import Gallery, Query
 from cirlib.generation.layout import Captioner, LayoutGenerator, Plan, Planner, format_plan, parse_plan
-from cirlib.methods.base import Method
+from cirlib.methods.base import Method, query_batch_key
 from cirlib.models.clip import CLIPModel
 from cirlib.retrieval import EmbeddingCache, content_digest
 
@@ -210,10 +210,6 @@ class PlanningChain:
         return out
 
 
-def _encode_texts(clip: CLIPModel, texts: list[str]) -> torch.Tensor:
-    return F.normalize(clip.encode_texts(texts).float(), dim=-1)
-
-
 class PlannedText(Method):
     """CIReVL / LDRE-style training-free base: caption the reference, let the planner (the LLM)
     write the target description, retrieve by that description's CLIP text feature."""
@@ -241,7 +237,7 @@ class PlannedText(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         plans = self.chain.outputs(self, queries, gallery).plans
-        return _encode_texts(self.clip, [p.description for p in plans])
+        return F.normalize(self.text_features([p.description for p in plans]), dim=-1)
 
 
 # --------------------------------------------------------------------------- IP-CIR
@@ -298,7 +294,7 @@ class IPCIR(Method):
         from cirlib.generation.composed import PseudoTargetCache
 
         self.pseudo_target_cache = PseudoTargetCache(_PlanTextGenerator(generator), self.cache)
-        self._views_memo: dict[str, dict[str, Any]] = {}
+        self._views_memo: dict[tuple, dict[str, Any]] = {}
 
     def _check(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -315,7 +311,7 @@ class IPCIR(Method):
         """A copy with other options (``lam``, ``n_proxies``, ``proxy_feature``, ``combine``,
         ``negatives``, ``normalize_proxy``, ``base_seed``, ``name``) sharing this one's models, caches
         and memos: sweeps caption, plan and generate each query once."""
-        other = object.__new__(IPCIR)
+        other = object.__new__(type(self))
         other.__dict__.update(self.__dict__)
         for key, value in options.items():
             if key not in self._OPTIONS:
@@ -377,15 +373,11 @@ class IPCIR(Method):
     def _views(self, queries: Sequence[Query], gallery: Gallery) -> dict[str, Any]:
         """The option-independent parts of a query batch, memoised and shared by copies: the base's
         ``S_t``, ``f_q``, ``f_t``, ``f_o`` and the per-proxy image features."""
-        key = content_digest(
-            [
-                [(q.qid, q.reference, list(q.texts)) for q in queries],
-                gallery.ids,
-                self.chain.signature,
-                self.generator.signature,
-                repr(self.base),
-                self.base_seed,
-            ]
+        key = (
+            *query_batch_key(queries, gallery),
+            content_digest([self.chain.signature, self.generator.signature]),
+            repr(self.base),
+            self.base_seed,
         )
         views = self._views_memo.setdefault(key, {})
         if len(self._views_memo) > 16:
@@ -397,17 +389,36 @@ class IPCIR(Method):
     def _proxy_views(self, queries: Sequence[Query], gallery: Gallery, views: dict[str, Any]) -> None:
         have = views.get("proxy_features")
         if have is None or have.shape[1] < self.n_proxies:
-            images = self.proxies(queries, gallery)
-            q, n = images.shape[:2]
-            flat = images.reshape(-1, *images.shape[2:])
-            views["proxy_features"] = F.normalize(self.clip.encode_images(flat).float(), dim=-1).view(
-                q, n, -1
-            )
+            views["proxy_features"] = self.proxy_features(queries, gallery)
         if "f_t" not in views:
             outputs = self.plan_outputs(queries, gallery)
-            views["f_t"] = _encode_texts(self.clip, [p.description for p in outputs.plans])
-            views["f_o"] = _encode_texts(self.clip, outputs.captions)
+            views["f_t"] = F.normalize(self.text_features([p.description for p in outputs.plans]), dim=-1)
+            views["f_o"] = F.normalize(self.text_features(outputs.captions), dim=-1)
             views["f_q"] = self.reference_features(queries, gallery).float()
+
+    def proxy_features(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
+        """L2-normalised CLIP features ``[Q, n_proxies, D]`` of each query's proxies, cached on disk by
+        the model, the generator, the references, the plans and the seeds (what decides the proxies):
+        a warm rerun neither loads nor encodes a proxy image."""
+        plans = self.plan_outputs(queries, gallery).plans
+        key = {
+            "model": self.clip.hash,
+            **self.clip.compute_signature,
+            "generator": self.pseudo_target_cache.generator.signature,
+            "references": self.reference_digests(queries, gallery),
+            "plans": [format_plan(p) for p in plans],
+            "seeds": self.proxy_seeds(),
+        }
+
+        def compute() -> np.ndarray:
+            images = self.proxies(queries, gallery)
+            flat = images.reshape(-1, *images.shape[2:])
+            features = F.normalize(self.clip.encode_images(flat).float(), dim=-1)
+            return features.view(*images.shape[:2], -1).numpy()
+
+        return torch.from_numpy(
+            np.ascontiguousarray(self.cache.get_or_compute("proxy-features", key, compute))
+        )
 
     def proxy_query_features(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         """The proxy-side query feature ``[Q, D]``: ``f_p`` (raw) or ``f_RP`` (robust), normalised

@@ -119,7 +119,7 @@ class PrediCIR(Method):
         self, global_feature: torch.Tensor, regions: torch.Tensor, texts: Sequence[str]
     ) -> PrediCIROutput:
         """The network's output for references (global and region features) and action texts."""
-        action = self.clip.encode_texts(list(texts))
+        action = self.text_features(texts)
         device = next(self.net.parameters()).device
         with torch.inference_mode():
             output = self.net(
@@ -184,6 +184,6 @@ class PrediCIR(Method):
 
         def encode(texts: list[str], owner: torch.Tensor) -> torch.Tensor:
             tokens = self.predict(global_feature[owner], regions[owner], texts).token
-            return self.clip.encode_texts_with_pseudo([fill(self.prompt, t) for t in texts], tokens)
+            return self.pseudo_text_features([fill(self.prompt, t) for t in texts], tokens)
 
         return self.encode_captions(queries, encode)

@@ -97,7 +97,7 @@ class SupervisedCombiner(Method):
 
     def encode_queries(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         image = self.reference_features(queries, gallery)
-        text = self.encode_captions(queries, lambda texts, _: self.clip.encode_texts(texts))
+        text = self.encode_captions(queries, lambda texts, _: self.text_features(texts))
         with torch.inference_mode():
             return self.combiner(image, text)
 
