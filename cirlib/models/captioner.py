@@ -54,11 +54,15 @@ from cirlib.models.clip import (
     EpochSampler,
     _check_uint8_batch,
     _param_groups,
-    save_training_state,
     torch_threads,
 )
-from cirlib.models.decoders import TextDecoder, build_vocab
-from cirlib.models.phi import _cosine_lr
+from cirlib.models.decoders import (
+    TextDecoder,
+    build_vocab,
+    load_decoder_state,
+    set_dropout,
+    train_decoder_steps,
+)
 from cirlib.world.language import (
     BACKGROUND_WORDS,
     CELL_NAMES,
@@ -72,8 +76,6 @@ from cirlib.world.scene import Scene
 #: Words that join the attribute words of a dense caption ("a", "an", "in the", "on a ... background",
 #: ", " and "and" between objects).
 GLUE_WORDS = "a an in the on background and ,"
-#: Stride of the per-step torch seed (dropout masks are a function of ``(seed, step)``).
-SEED_STRIDE = 1_000_003
 #: Kind recorded in :attr:`TinyCaptioner.signature`.
 CAPTIONER_KIND = "tiny-captioner"
 #: What the prefix reads: the flattened final-layer patch tokens, or the normalised global embedding.
@@ -242,9 +244,7 @@ def train_captioner(
             prefix_tokens=config.prefix_tokens,
         )
         decoder.clip_hash = clip.hash
-        for module in decoder.modules():  # training only: eval mode turns dropout off anyway
-            if isinstance(module, torch.nn.Dropout):
-                module.p = config.dropout
+        set_dropout(decoder, config.dropout)
         tokenizer = decoder.tokenizer
         answers = []
         for i, caption in enumerate(captions):
@@ -265,15 +265,8 @@ def train_captioner(
         state_path = Path(resume_dir) / STATE_FILE if resume_dir is not None else None
         start, losses = 0, []
         stats: tuple[torch.Tensor, torch.Tensor] | None = None
-        if state_path is not None and state_path.exists():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            if state.get("key") != key:
-                raise RuntimeError(
-                    f"training state {state_path} belongs to another run (key {str(state.get('key'))[:16]}, "
-                    f"this run {key[:16]}); delete it or use another resume_dir"
-                )
-            decoder.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
+        state = load_decoder_state(state_path, key, decoder, optimiser)
+        if state is not None:
             start, losses = int(state["step"]), list(state["losses"])
             stats = (state["prefix_mean"], state["prefix_scale"])
 
@@ -288,44 +281,28 @@ def train_captioner(
             prefix = (prefix - stats[0]) / stats[1]
         mean, scale = stats
 
-        def save_state(step: int) -> None:
-            if state_path is not None:
-                save_training_state(
-                    state_path,
-                    {
-                        "key": key,
-                        "step": step,
-                        "model": decoder.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "losses": losses,
-                        "prefix_mean": mean,
-                        "prefix_scale": scale,
-                    },
-                )
+        sampler = EpochSampler(len(images), config.batch_size, seed)
+        prompt = [tokenizer.bos_id]
 
-        if start < end:
-            sampler = EpochSampler(len(images), config.batch_size, seed)
-            prompt = [tokenizer.bos_id]
-            decoder.train()
-            bar = progress_bar(
-                range(start, end), desc="train captioner", show=progress, initial=start, total=config.steps
-            )
-            for step in bar:
-                for group in optimiser.param_groups:
-                    group["lr"] = _cosine_lr(step, config.steps, config.warmup_steps, config.lr)
-                index = sampler.batch(step)
-                torch.manual_seed(seed * SEED_STRIDE + step)  # dropout masks: a function of (seed, step)
-                loss = decoder.loss([prompt] * len(index), [answers[i] for i in index], prefix=prefix[index])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(decoder.parameters(), config.grad_clip_norm)
-                optimiser.step()
-                losses.append(float(loss.detach()))
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                done = step + 1
-                if done % config.checkpoint_every == 0 or done == end:
-                    save_state(done)
+        def batch(step: int) -> tuple[list[list[int]], list[list[int]], torch.Tensor]:
+            index = sampler.batch(step)
+            return [prompt] * len(index), [answers[i] for i in index], prefix[index]
+
+        train_decoder_steps(
+            decoder,
+            optimiser,
+            config,
+            seed,
+            batch,
+            start=start,
+            end=end,
+            losses=losses,
+            state_path=state_path,
+            key=key,
+            extra_state={"prefix_mean": mean, "prefix_scale": scale},
+            desc="train captioner",
+            progress=progress,
+        )
         _fold_standardisation(decoder, mean, scale)
         decoder.eval()
         decoder.training_losses = losses  # type: ignore[attr-defined]

@@ -13,11 +13,14 @@ is stored with the model (the architecture dict), so a checkpoint reads back exa
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from cirlib.config import progress_bar
 
 PAD, BOS, EOS, UNK, SEP = "<pad>", "<bos>", "<eos>", "<unk>", "<sep>"
 SPECIALS: tuple[str, ...] = (PAD, BOS, EOS, UNK, SEP)
@@ -193,3 +196,108 @@ class TextDecoder(nn.Module):
             pad_token_id=t.pad_id,
         )
         return [t.decode(row) for row in out.tolist()]
+
+
+# --------------------------------------------------------------------------- training
+#: torch is reseeded from ``seed * SEED_STRIDE + step`` before each training step, so that dropout
+#: masks are a function of ``(seed, step)`` alone and a resumed run equals an uninterrupted one.
+SEED_STRIDE = 1_000_003
+
+
+class DecoderRecipe(Protocol):
+    """The fields of a decoder training config that :func:`train_decoder_steps` reads."""
+
+    steps: int
+    lr: float
+    warmup_steps: int
+    grad_clip_norm: float
+    checkpoint_every: int
+
+
+def set_dropout(decoder: TextDecoder, p: float) -> None:
+    """Set every dropout module of ``decoder`` (GPT-2's attention, residual and embedding dropout) to
+    ``p`` for training; eval mode turns them off anyway."""
+    for module in decoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+
+
+def load_decoder_state(
+    state_path: Path | None, key: str, decoder: TextDecoder, optimiser: torch.optim.Optimizer
+) -> dict[str, Any] | None:
+    """Load a saved training state into ``decoder`` and ``optimiser`` when ``state_path`` exists and
+    return it (the caller reads ``step``, ``losses`` and its own fields); ``None`` when there is none.
+    A state saved under another content ``key`` belongs to another run: a ``RuntimeError``."""
+    if state_path is None or not state_path.exists():
+        return None
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if state.get("key") != key:
+        raise RuntimeError(
+            f"training state {state_path} belongs to another run (key {str(state.get('key'))[:16]}, "
+            f"this run {key[:16]}); delete it or use another resume_dir"
+        )
+    decoder.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    return state
+
+
+def train_decoder_steps(
+    decoder: TextDecoder,
+    optimiser: torch.optim.Optimizer,
+    config: DecoderRecipe,
+    seed: int,
+    batch: Callable[[int], tuple[list[list[int]], list[list[int]], torch.Tensor | None]],
+    *,
+    start: int,
+    end: int,
+    losses: list[float],
+    state_path: Path | None,
+    key: str,
+    extra_state: dict[str, Any] | None = None,
+    desc: str = "train decoder",
+    progress: bool = True,
+) -> None:
+    """Steps ``start .. end - 1`` of teacher-forced training (the captioner's and the planner's loop).
+
+    Each step sets the learning rate (linear warm-up, cosine decay), takes ``batch(step)`` (prompts,
+    answers and the optional prefix vectors), reseeds torch from ``(seed, step)``, minimises
+    :meth:`TextDecoder.loss` with gradient clipping and appends the loss to ``losses``. Every
+    ``config.checkpoint_every`` steps and at ``end`` the full state (weights, optimiser, step, losses,
+    ``extra_state``) is written atomically to ``state_path`` (if given) under ``key``."""
+    from cirlib.models.clip import save_training_state
+    from cirlib.models.phi import _cosine_lr
+
+    def save_state(step: int) -> None:
+        if state_path is not None:
+            save_training_state(
+                state_path,
+                {
+                    "key": key,
+                    "step": step,
+                    "model": decoder.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "losses": losses,
+                    **(extra_state or {}),
+                },
+            )
+
+    if start >= end:
+        return
+    decoder.train()
+    bar = progress_bar(range(start, end), desc=desc, show=progress, initial=start, total=config.steps)
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = _cosine_lr(step, config.steps, config.warmup_steps, config.lr)
+        prompts, answers, prefix = batch(step)
+        torch.manual_seed(seed * SEED_STRIDE + step)  # dropout masks: a function of (seed, step)
+        loss = decoder.loss(prompts, answers, prefix=prefix)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), config.grad_clip_norm)
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == end:
+            save_state(done)

@@ -46,11 +46,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cirlib.config import progress_bar
 from cirlib.generation.layout import LayoutObject, Plan, PlanError, format_plan, parse_plan
-from cirlib.models.clip import STATE_FILE, _param_groups, save_training_state, torch_threads
-from cirlib.models.decoders import TextDecoder, build_vocab
-from cirlib.models.phi import _cosine_lr
+from cirlib.models.clip import STATE_FILE, _param_groups, torch_threads
+from cirlib.models.decoders import (
+    TextDecoder,
+    build_vocab,
+    load_decoder_state,
+    set_dropout,
+    train_decoder_steps,
+)
 from cirlib.world import language as lang
 from cirlib.world.benchmarks import FIQ_CATEGORIES, FIQ_KINDS
 from cirlib.world.edits import (
@@ -78,8 +82,6 @@ from cirlib.world.scene import (
 #: Kind recorded in :attr:`TinyPlanner.signature` / :attr:`OraclePlanner.signature`.
 PLANNER_KIND = "tiny-planner"
 ORACLE_KIND = "oracle-planner"
-#: Stride of the per-step torch seed (dropout masks are a function of ``(seed, step)``).
-SEED_STRIDE = 1_000_003
 #: The planning data's own random stream: ``default_rng([seed, DATA_STREAM])``, distinct from the
 #: benchmark builders' (single integers from ``split_seed``), pre-training pairs' (``[seed, 7919]``)
 #: and training triplets' (``[seed, 104729]``).
@@ -375,64 +377,37 @@ def train_planner(
             n_head=config.n_head,
             n_positions=config.n_positions,
         )
-        for module in decoder.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = config.dropout
+        set_dropout(decoder, config.dropout)
         prompts, answers = _encode_examples(decoder, examples)
         optimiser = torch.optim.AdamW(_param_groups(decoder, config.weight_decay), lr=config.lr)
         data_digest = content_digest([[e.caption, e.modification, e.plan_text] for e in examples])
         key = content_digest([{**asdict(config), "checkpoint_every": 0}, seed, data_digest])
         state_path = Path(resume_dir) / STATE_FILE if resume_dir is not None else None
         start, losses = 0, []
-        if state_path is not None and state_path.exists():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            if state.get("key") != key:
-                raise RuntimeError(
-                    f"training state {state_path} belongs to another run (key {str(state.get('key'))[:16]}, "
-                    f"this run {key[:16]}); delete it or use another resume_dir"
-                )
-            decoder.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
+        state = load_decoder_state(state_path, key, decoder, optimiser)
+        if state is not None:
             start, losses = int(state["step"]), list(state["losses"])
-
-        def save_state(step: int) -> None:
-            if state_path is not None:
-                save_training_state(
-                    state_path,
-                    {
-                        "key": key,
-                        "step": step,
-                        "model": decoder.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "losses": losses,
-                    },
-                )
-
         end = config.steps if stop_after is None else min(config.steps, stop_after)
-        if start < end:
-            sampler = _BucketSampler(
-                [len(p) + len(a) for p, a in zip(prompts, answers)], config.batch_size, seed
-            )
-            decoder.train()
-            bar = progress_bar(
-                range(start, end), desc="train planner", show=progress, initial=start, total=config.steps
-            )
-            for step in bar:
-                for group in optimiser.param_groups:
-                    group["lr"] = _cosine_lr(step, config.steps, config.warmup_steps, config.lr)
-                index = sampler.batch(step)
-                torch.manual_seed(seed * SEED_STRIDE + step)  # dropout masks: a function of (seed, step)
-                loss = decoder.loss([prompts[i] for i in index], [answers[i] for i in index])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(decoder.parameters(), config.grad_clip_norm)
-                optimiser.step()
-                losses.append(float(loss.detach()))
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                done = step + 1
-                if done % config.checkpoint_every == 0 or done == end:
-                    save_state(done)
+        sampler = _BucketSampler([len(p) + len(a) for p, a in zip(prompts, answers)], config.batch_size, seed)
+
+        def batch(step: int) -> tuple[list[list[int]], list[list[int]], None]:
+            index = sampler.batch(step)
+            return [prompts[i] for i in index], [answers[i] for i in index], None
+
+        train_decoder_steps(
+            decoder,
+            optimiser,
+            config,
+            seed,
+            batch,
+            start=start,
+            end=end,
+            losses=losses,
+            state_path=state_path,
+            key=key,
+            desc="train planner",
+            progress=progress,
+        )
         decoder.eval()
         decoder.training_losses = losses  # type: ignore[attr-defined]
         return decoder
