@@ -5,9 +5,9 @@ is on disk, but before the query-side feature caches each evaluation still token
 its texts, re-read every generated image (one file each) and encoded it again. This script times
 ``cirlib.evaluation.evaluate`` on CIRR-like test queries for the methods of notebooks 01-04:
 
-* ours: ``Method.text_features`` / ``pseudo_text_features``, ``CIG.pseudo_target_features`` and
-  ``IPCIR.proxy_features`` read from a warm embedding cache;
-* baseline: the same evaluation with those four recomputed from their (warm) inputs, which is what
+* ours: ``Method.text_features``, ``pseudo_text_features`` and ``generated_image_features`` (CIG's
+  pseudo-targets, IP-CIR's proxies) read from a warm embedding cache;
+* baseline: the same evaluation with those three recomputed from their (warm) inputs, which is what
   the code did before they were cached: texts encoded by the CLIP, pseudo-targets and proxies read
   from the pseudo-target cache and encoded.
 
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,8 +40,6 @@ from cirlib.config import atomic_write_json  # noqa: E402
 from cirlib.evaluation import evaluate  # noqa: E402
 from cirlib.methods import build_method  # noqa: E402
 from cirlib.methods.base import Method  # noqa: E402
-from cirlib.methods.cig import CIG  # noqa: E402
-from cirlib.methods.ipcir import IPCIR  # noqa: E402
 from cirlib.world import load_world_benchmark  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,26 +54,19 @@ def _uncached_pseudo_text_features(self: Method, texts, pseudo) -> torch.Tensor:
     return self.clip.encode_texts_with_pseudo(list(texts), pseudo)
 
 
-def _uncached_pseudo_target_features(self: CIG, queries, gallery) -> torch.Tensor:
-    images = self.pseudo_targets(queries, gallery)
-    flat = images.reshape(-1, *images.shape[2:])
-    return self.clip.encode_images(flat, normalize=False).view(*images.shape[:2], -1)
-
-
-def _uncached_proxy_features(self: IPCIR, queries, gallery) -> torch.Tensor:
-    images = self.proxies(queries, gallery)
-    flat = images.reshape(-1, *images.shape[2:])
-    return F.normalize(self.clip.encode_images(flat).float(), dim=-1).view(*images.shape[:2], -1)
+def _uncached_generated_image_features(self: Method, queries, gallery, signature, texts, seeds, images):
+    array = images()
+    flat = array.reshape(-1, *array.shape[2:])
+    return self.clip.encode_images(flat, normalize=False).view(*array.shape[:2], -1)
 
 
 @contextlib.contextmanager
 def uncached() -> Iterator[None]:
-    """The four query-side feature functions as they were before they were cached."""
+    """The three query-side feature functions as they were before they were cached."""
     swaps = [
         (Method, "text_features", _uncached_text_features),
         (Method, "pseudo_text_features", _uncached_pseudo_text_features),
-        (CIG, "pseudo_target_features", _uncached_pseudo_target_features),
-        (IPCIR, "proxy_features", _uncached_proxy_features),
+        (Method, "generated_image_features", _uncached_generated_image_features),
     ]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in swaps]
     try:

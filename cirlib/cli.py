@@ -326,11 +326,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 0
     if args.benchmark is None or args.method is None:
         raise CLIError("--benchmark and --method are required (or use --list-methods)")
-    from cirlib.run import METHOD_OPTIONS, EvalConfig, RunError, check_method_options, check_paths
+    from cirlib.run import EvalConfig, RunError, check_method_options, check_paths, method_options_given
 
-    # the method options given (the rest keep EvalConfig's defaults); an option may belong to two methods
-    fields = dict.fromkeys(k for options in METHOD_OPTIONS.values() for k in options)
-    given = [k for k in fields if getattr(args, k) is not None]
+    given = method_options_given(args)  # the rest keep EvalConfig's defaults
     cfg = EvalConfig(
         **{
             k: getattr(args, k)
@@ -464,7 +462,7 @@ def _configure_search(parser: argparse.ArgumentParser) -> None:
     configure=_configure_search,
 )
 def _run_search(args: argparse.Namespace) -> int:
-    from cirlib.run import METHOD_OPTIONS, EvalConfig, RunError, check_method_options
+    from cirlib.run import EvalConfig, RunError, check_method_options, method_options_given
     from cirlib.search import SearchError, check_paper_files, check_reference, folder_gallery
 
     if args.k < 1:
@@ -478,8 +476,7 @@ def _run_search(args: argparse.Namespace) -> int:
                 f"{', '.join(paper_only)}: for --profile paper; the tiny profile uses its committed checkpoints"
             )
     # search has cig's and predicir's options only (planned-text and ipcir keep their defaults)
-    fields = dict.fromkeys(k for options in METHOD_OPTIONS.values() for k in options)
-    given = [k for k in fields if getattr(args, k, None) is not None]
+    given = method_options_given(args)
     # benchmark=None: no benchmark's prompt or fusion weight applies to a folder of your own images
     cfg = EvalConfig(
         benchmark=None,  # type: ignore[arg-type]

@@ -214,6 +214,12 @@ def _options(names: Any) -> str:
     return ", ".join(_ALL_OPTIONS[n] for n in _ALL_OPTIONS if n in set(names))
 
 
+def method_options_given(namespace: Any) -> list[str]:
+    """The method-option fields (:data:`METHOD_OPTIONS`, each once) a parsed command line sets to a
+    value; a command that lacks some of them (``cirlib search``) has not given them."""
+    return [k for k in _ALL_OPTIONS if getattr(namespace, k, None) is not None]
+
+
 def _owners(name: str) -> tuple[str, ...]:
     return tuple(method for method, options in METHOD_OPTIONS.items() if name in options)
 

@@ -95,16 +95,16 @@ class Method(ABC):
         signature and content: pixel bytes for in-memory galleries; for file galleries, each shard
         keyed by its files' ids, sizes and modification times (re-reading 100k files just to hash
         them would cost as much as encoding them)."""
-        key_base = {"model": self.clip.hash, **self.clip.compute_signature}
         if gallery.images is not None:
             images = gallery.images
-            key = {**key_base, "images": gallery.pixel_digest()}
-            array = self.cache.get_or_compute(
-                "image-features", key, lambda: self.clip.encode_images(images, normalize=False).numpy()
+            return self._cached_features(
+                "image-features",
+                {"images": gallery.pixel_digest()},
+                lambda: self.clip.encode_images(images, normalize=False).numpy(),
             )
-            return torch.from_numpy(np.ascontiguousarray(array))
         if gallery.paths is None:
             raise ValueError("this gallery has neither pixels in memory nor image paths")
+        key_base = {"model": self.clip.hash, **self.clip.compute_signature}
         stats = file_fingerprints(gallery.paths)
         # Evaluation scores queries in chunks: keep a file gallery's features in memory rather than
         # re-reading (and re-verifying) every shard from the cache for each chunk.
@@ -183,6 +183,12 @@ class Method(ABC):
         return [gallery.paths[gallery.index(i)] for i in ids]
 
     # ---------------------------------------------------------------- queries
+    def _cached_features(self, namespace: str, key: dict, compute: Callable[[], np.ndarray]) -> torch.Tensor:
+        """``compute()`` through the embedding cache under ``namespace``, keyed by ``key`` plus this
+        method's model hash and compute signature."""
+        full_key = {"model": self.clip.hash, **self.clip.compute_signature, **key}
+        return torch.from_numpy(np.ascontiguousarray(self.cache.get_or_compute(namespace, full_key, compute)))
+
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised CLIP text embeddings ``[N, D]`` of ``texts``, cached per model, compute
         signature and the texts themselves: sweeps and notebooks encode the same captions, prompts
@@ -190,11 +196,11 @@ class Method(ABC):
         texts = list(texts)
         if not texts:
             return torch.zeros(0, self.clip.embed_dim)
-        key = {"model": self.clip.hash, **self.clip.compute_signature, "texts": content_digest(texts)}
-        array = self.cache.get_or_compute(
-            "text-features", key, lambda: self.clip.encode_texts(texts).float().numpy()
+        return self._cached_features(
+            "text-features",
+            {"texts": content_digest(texts)},
+            lambda: self.clip.encode_texts(texts).float().numpy(),
         )
-        return torch.from_numpy(np.ascontiguousarray(array))
 
     def pseudo_text_features(self, texts: Sequence[str], pseudo: torch.Tensor) -> torch.Tensor:
         """:meth:`CLIPModel.encode_texts_with_pseudo`, cached like :meth:`text_features` (the key adds
@@ -203,17 +209,42 @@ class Method(ABC):
         if not texts:
             return torch.zeros(0, self.clip.embed_dim)
         key = {
-            "model": self.clip.hash,
-            **self.clip.compute_signature,
             "texts": content_digest(texts),
             "pseudo": content_digest(torch.as_tensor(pseudo, dtype=torch.float32)),
         }
-        array = self.cache.get_or_compute(
+        return self._cached_features(
             "pseudo-text-features",
             key,
             lambda: self.clip.encode_texts_with_pseudo(texts, pseudo).float().numpy(),
         )
-        return torch.from_numpy(np.ascontiguousarray(array))
+
+    def generated_image_features(
+        self,
+        queries: Sequence[Query],
+        gallery: Gallery,
+        generator_signature: dict,
+        texts: Sequence[str],
+        seeds: Sequence[int],
+        images: Callable[[], np.ndarray],
+    ) -> torch.Tensor:
+        """Unnormalised CLIP features ``[Q, n, D]`` of images generated for each query (CIG's
+        pseudo-targets, IP-CIR's proxies), cached by the model and what decides the images: the
+        generator, the queries' references, the generation ``texts`` (one per query) and the ``seeds``
+        (the same ``n`` per query). ``images()`` gives them ``[Q, n, H, W, 3]`` on a miss, so a warm
+        rerun neither loads nor encodes a generated image."""
+        key = {
+            "generator": generator_signature,
+            "references": self.reference_digests(queries, gallery),
+            "texts": list(texts),
+            "seeds": list(seeds),
+        }
+
+        def compute() -> np.ndarray:
+            array = images()
+            flat = array.reshape(-1, *array.shape[2:])
+            return self.clip.encode_images(flat, normalize=False).view(*array.shape[:2], -1).numpy()
+
+        return self._cached_features("generated-image-features", key, compute)
 
     def encode_captions(self, queries: Sequence[Query], encode) -> torch.Tensor:
         """:func:`mean_over_caption_variants` with this method's caption join and strip settings."""

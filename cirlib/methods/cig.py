@@ -132,25 +132,16 @@ class CIG(TextualInversion):
         return self.encode_captions(queries, encode)
 
     def pseudo_target_features(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
-        """Unnormalised CLIP features ``[Q, n_images, D]`` of the pseudo-targets, cached on disk by the
-        model, the generator, the references, the generation texts and the seeds (what decides the
-        images): a warm rerun neither loads nor encodes a pseudo-target."""
-        key = {
-            "model": self.clip.hash,
-            **self.clip.compute_signature,
-            "generator": self.pseudo_target_cache.generator.signature,
-            "references": self.reference_digests(queries, gallery),
-            "texts": self.generation_texts(queries),
-            "seeds": seeds_for(self.n_images, self.base_seed),
-        }
-
-        def compute() -> np.ndarray:
-            images = self.pseudo_targets(queries, gallery)
-            flat = images.reshape(-1, *images.shape[2:])
-            return self.clip.encode_images(flat, normalize=False).view(*images.shape[:2], -1).numpy()
-
-        array = self.cache.get_or_compute("pseudo-target-features", key, compute)
-        return torch.from_numpy(np.ascontiguousarray(array))
+        """Unnormalised CLIP features ``[Q, n_images, D]`` of the pseudo-targets, cached on disk
+        (:meth:`Method.generated_image_features`)."""
+        return self.generated_image_features(
+            queries,
+            gallery,
+            self.pseudo_target_cache.generator.signature,
+            self.generation_texts(queries),
+            seeds_for(self.n_images, self.base_seed),
+            lambda: self.pseudo_targets(queries, gallery),
+        )
 
     def _invert(self, raw_features: torch.Tensor) -> torch.Tensor:
         """phi tokens ``[N, W]`` of generated images' raw CLIP features (normalised first if phi

@@ -397,28 +397,20 @@ class IPCIR(Method):
             views["f_q"] = self.reference_features(queries, gallery).float()
 
     def proxy_features(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
-        """L2-normalised CLIP features ``[Q, n_proxies, D]`` of each query's proxies, cached on disk by
-        the model, the generator, the references, the plans and the seeds (what decides the proxies):
-        a warm rerun neither loads nor encodes a proxy image."""
+        """L2-normalised CLIP features ``[Q, n_proxies, D]`` of each query's proxies, cached on disk
+        (:meth:`Method.generated_image_features`, keyed by the plans)."""
         plans = self.plan_outputs(queries, gallery).plans
-        key = {
-            "model": self.clip.hash,
-            **self.clip.compute_signature,
-            "generator": self.pseudo_target_cache.generator.signature,
-            "references": self.reference_digests(queries, gallery),
-            "plans": [format_plan(p) for p in plans],
-            "seeds": self.proxy_seeds(),
-        }
-
-        def compute() -> np.ndarray:
-            images = self.proxies(queries, gallery)
-            flat = images.reshape(-1, *images.shape[2:])
-            features = F.normalize(self.clip.encode_images(flat).float(), dim=-1)
-            return features.view(*images.shape[:2], -1).numpy()
-
-        return torch.from_numpy(
-            np.ascontiguousarray(self.cache.get_or_compute("proxy-features", key, compute))
+        raw = self.generated_image_features(
+            queries,
+            gallery,
+            self.pseudo_target_cache.generator.signature,
+            [format_plan(p) for p in plans],
+            self.proxy_seeds(),
+            lambda: self.proxies(queries, gallery),
         )
+        # normalised twice, as when the proxies were encoded with normalize=True and normalised again:
+        # the committed numbers stay bit-identical
+        return F.normalize(F.normalize(raw, dim=-1), dim=-1)
 
     def proxy_query_features(self, queries: Sequence[Query], gallery: Gallery) -> torch.Tensor:
         """The proxy-side query feature ``[Q, D]``: ``f_p`` (raw) or ``f_RP`` (robust), normalised

@@ -90,12 +90,7 @@ class PrediCIR(Method):
         cached per CLIP, compute signature, region grid and reference content."""
         digests = self.reference_digests(queries, gallery)  # decoding files only on a cache miss
         grid = self.net.grid
-        key = {
-            "model": self.clip.hash,
-            **self.clip.compute_signature,
-            "grid": grid,
-            "images": content_digest(digests),
-        }
+        key = {"grid": grid, "images": content_digest(digests)}
 
         def compute() -> np.ndarray:
             images, _ = self.reference_images(queries, gallery)
@@ -109,9 +104,7 @@ class PrediCIR(Method):
                 rows.append(torch.cat([global_feature, regions.flatten(1)], dim=1))
             return torch.cat(rows).numpy()
 
-        array = torch.from_numpy(
-            np.ascontiguousarray(self.cache.get_or_compute("reference-regions", key, compute))
-        )
+        array = self._cached_features("reference-regions", key, compute)
         d = self.clip.embed_dim
         return array[:, :d], array[:, d:].reshape(len(queries), grid * grid, -1)
 
@@ -145,12 +138,7 @@ class PrediCIR(Method):
         if gallery.images is None:
             raise ValueError("gallery_regions needs a gallery with pixels in memory")
         images, grid = gallery.images, self.net.grid
-        key = {
-            "model": self.clip.hash,
-            **self.clip.compute_signature,
-            "grid": grid,
-            "images": gallery.pixel_digest(),
-        }
+        key = {"grid": grid, "images": gallery.pixel_digest()}
 
         def compute() -> np.ndarray:
             chunks = [
@@ -159,9 +147,7 @@ class PrediCIR(Method):
             ]
             return torch.cat(chunks).numpy()
 
-        return torch.from_numpy(
-            np.ascontiguousarray(self.cache.get_or_compute("gallery-regions", key, compute))
-        )
+        return self._cached_features("gallery-regions", key, compute)
 
     def nearest_to_prediction(
         self, queries: Sequence[Query], gallery: Gallery, k: int = 3, *, references: Gallery | None = None
